@@ -1,0 +1,14 @@
+"""The command line: every subcommand is listed, and bad input exits 1 with one line instead of a traceback."""
+
+from typer.testing import CliRunner
+
+from vicregl_cli.cli import app
+
+SUBCOMMANDS = ["pretrain", "linear", "knn", "semi", "segment", "detect", "synth", "backbones", "report"]
+
+
+def test_help_lists_all_nine_subcommands():
+    result = CliRunner().invoke(app, ["--help"], terminal_width=200)
+    assert result.exit_code == 0
+    listed = [name for name in SUBCOMMANDS if f" {name} " in result.output]
+    assert listed == SUBCOMMANDS

@@ -1,0 +1,1 @@
+"""Dataset readers, the multi-crop transform with positions, and the synthetic dataset generator."""

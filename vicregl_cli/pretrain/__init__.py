@@ -1,0 +1,1 @@
+"""VICRegL pretraining: losses, model, optimisers and schedules, the training engine."""

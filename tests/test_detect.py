@@ -1,0 +1,382 @@
+"""vicregl detect: detectron2 export (.pkl + configs), the launcher's registrations, the VOC / COCO metrics on
+hand-made predictions, and a two-iteration run of the torchvision C4 engine on synthetic images."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from yacs.config import CfgNode
+
+from vicregl_cli.errors import UserError
+from vicregl_cli.transfer import detectron2 as d2
+from vicregl_cli.transfer import detectron2_train as launcher
+from vicregl_cli.transfer import tv_detection as tv
+from vicregl_cli.transfer.voc_eval import ImageDetections, ImageTruth, coco_metrics, voc_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+R50_BLOCKS = {2: 3, 3: 4, 4: 6, 5: 3}
+BN_LEAVES = ("weight", "bias", "running_mean", "running_var")
+
+
+def expected_r50_keys() -> set[str]:
+    """detectron2's ResNet-50 parameter names, written out from its naming scheme."""
+    keys = {"stem.conv1.weight", *(f"stem.conv1.norm.{leaf}" for leaf in BN_LEAVES)}
+    for stage, blocks in R50_BLOCKS.items():
+        for block in range(blocks):
+            for conv in (1, 2, 3):
+                keys.add(f"res{stage}.{block}.conv{conv}.weight")
+                keys.update(f"res{stage}.{block}.conv{conv}.norm.{leaf}" for leaf in BN_LEAVES)
+        keys.add(f"res{stage}.0.shortcut.weight")
+        keys.update(f"res{stage}.0.shortcut.norm.{leaf}" for leaf in BN_LEAVES)
+    return keys
+
+
+def torchvision_key(detectron2_key: str) -> str:
+    """Inverse naming, for comparing values: detectron2 key -> torchvision key."""
+    if detectron2_key.startswith("stem.conv1.norm."):
+        return "bn1." + detectron2_key.rsplit(".", 1)[1]
+    if detectron2_key.startswith("stem."):
+        return detectron2_key[len("stem.") :]
+    stage, rest = detectron2_key.split(".", 1)
+    rest = rest.replace("shortcut.norm.", "downsample.1.").replace("shortcut.", "downsample.0.")
+    for conv in (1, 2, 3):
+        rest = rest.replace(f"conv{conv}.norm.", f"bn{conv}.")
+    return f"layer{int(stage[3:]) - 1}.{rest}"
+
+
+@pytest.fixture(scope="module")
+def synthetic_voc(tmp_path_factory) -> Path:
+    from vicregl_cli.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, num_train=12, num_val=12, image_size=64, seed=0, workers=1)
+    return root / "VOC2012"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, synthetic_voc):
+    import torchvision
+
+    folder = tmp_path_factory.mktemp("export")
+    torch.manual_seed(0)
+    source = torchvision.models.resnet50().state_dict()
+    for value in source.values():  # every tensor (BN statistics too) away from its init value
+        if value.is_floating_point():
+            value.copy_(torch.randn_like(value))
+    weights = folder / "tv_resnet50.pth"
+    torch.save(source, weights)
+    result = d2.run_detect(
+        backbone="resnet50", weights=weights, dataset="voc", data_root=synthetic_voc, out=folder / "out",
+        engine=None, lrs=[], settings=tv.DetectionSettings(), export_only=True,
+    )  # fmt: skip
+    return source, result
+
+
+def test_export_pkl_is_model_zoo_format_with_r50_names_and_source_values(exported):
+    source, result = exported
+    with open(result.weights, "rb") as handle:
+        payload = pickle.load(handle)
+    assert payload["matching_heuristics"] is True and "__author__" in payload
+    model = payload["model"]
+    assert set(model) == expected_r50_keys()
+    assert all(isinstance(value, np.ndarray) for value in model.values())
+    for key, value in model.items():
+        np.testing.assert_array_equal(value, source[torchvision_key(key)].numpy(), err_msg=key)
+    assert "detectron2" not in sys.modules
+
+
+def test_exported_config_parses_with_yacs_and_names_registered_head_and_datasets(exported, synthetic_voc):
+    _, result = exported
+    with open(result.config) as handle:
+        cfg = CfgNode.load_cfg(handle)
+    assert cfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeadsExtraNorm" == d2.EXTRA_NORM_HEAD
+    assert cfg.MODEL.WEIGHTS == str(result.weights.resolve())
+    classes = (synthetic_voc / "classes.txt").read_text().split()
+    assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == len(classes) and list(cfg.VICREGL.CLASS_NAMES) == classes
+    assert list(cfg.DATASETS.TRAIN) == ["vicregl_voc_train"] and list(cfg.DATASETS.TEST) == [
+        "vicregl_voc_val"
+    ]
+    assert cfg.INPUT.FORMAT == "RGB" and cfg.MODEL.RESNETS.STRIDE_IN_1X1 is False
+    assert list(cfg.MODEL.PIXEL_MEAN) == pytest.approx([0.485 * 255, 0.456 * 255, 0.406 * 255])
+    assert list(cfg.SOLVER.STEPS) == [18000, 22000] and cfg.SOLVER.MAX_ITER == 24000
+    assert list(cfg.INPUT.MIN_SIZE_TRAIN) == list(range(480, 801, 32)) and cfg.MODEL.BACKBONE.FREEZE_AT == 0
+
+
+def test_kept_configs_match_generator_and_parse(tmp_path):
+    templates = d2.template_configs()
+    kept = sorted(path.name for path in (REPO / "configs" / "detect").glob("*.yaml"))
+    assert kept == sorted(templates)
+    for name, config in templates.items():
+        with open(REPO / "configs" / "detect" / name) as handle:
+            cfg = CfgNode.load_cfg(handle)
+        assert cfg == CfgNode(config), name
+        fresh = d2.write_config(tmp_path / name, config).read_text()
+        assert fresh == (REPO / "configs" / "detect" / name).read_text(), f"{name} is stale: regenerate it"
+    voc = templates["voc0712_R_50_C4_24k.yaml"]
+    assert voc["DATASETS"]["TRAIN"] + voc["DATASETS"]["TEST"] == list(launcher.VOC_SPLITS)
+    assert templates["coco_10pct_R_50_FPN_1x.yaml"]["DATASETS"]["TRAIN"] == ["vicregl_coco_2017_train_10pct"]
+    assert templates["coco_R_50_C4_1x.yaml"]["MODEL"]["MASK_ON"] is True
+
+
+def test_iters_rescale_the_schedule():
+    config = d2.build_config("voc_R_50_C4_24k", dataset="voc0712", data_root="d", weights="w", iters=2400,
+                             batch_size=8)  # fmt: skip
+    assert config["SOLVER"]["STEPS"] == [1800, 2200] and config["SOLVER"]["BASE_LR"] == pytest.approx(0.01)
+    with pytest.raises(UserError, match="no detectron2 counterpart"):
+        d2.build_config(
+            "voc_R_50_C4_24k", dataset="voc", data_root="d", weights="w", backbone_name="resnet18"
+        )
+
+
+def _install_fake_detectron2(monkeypatch) -> dict:
+    """Just enough of detectron2's registries to run the launcher's registration code."""
+    registry: dict = {}
+    catalog: dict = {}
+    metadata: dict = {}
+
+    class Registry(dict):
+        def register(self, obj):
+            self[obj.__name__] = obj
+            return obj
+
+    roi_registry = Registry()
+
+    class Res5ROIHeads(nn.Module):
+        def __init__(self, cfg, input_shape):
+            super().__init__()
+            last = nn.Conv2d(4, 8, 1)
+            last.out_channels = 8
+            self.res5 = nn.Sequential(nn.Conv2d(3, 4, 1), last)
+
+    class Catalog:
+        @staticmethod
+        def register(name, loader):
+            catalog[name] = loader
+
+        @staticmethod
+        def list():
+            return list(catalog)
+
+    class Metadata:
+        @staticmethod
+        def get(name):
+            return metadata.setdefault(
+                name, types.SimpleNamespace(set=lambda **kw: metadata[name].__dict__.update(kw))
+            )
+
+    modules = {
+        "detectron2": types.ModuleType("detectron2"),
+        "detectron2.layers": types.SimpleNamespace(get_norm=lambda norm, channels: nn.BatchNorm2d(channels)),
+        "detectron2.modeling": types.ModuleType("detectron2.modeling"),
+        "detectron2.modeling.roi_heads": types.SimpleNamespace(
+            ROI_HEADS_REGISTRY=roi_registry, Res5ROIHeads=Res5ROIHeads
+        ),
+        "detectron2.data": types.SimpleNamespace(DatasetCatalog=Catalog, MetadataCatalog=Metadata),
+        "detectron2.structures": types.SimpleNamespace(BoxMode=types.SimpleNamespace(XYXY_ABS="XYXY_ABS")),
+    }
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    registry.update(roi=roi_registry, catalog=catalog, metadata=metadata)
+    return registry
+
+
+def test_launcher_registers_extra_norm_head_and_voc_datasets(monkeypatch, exported, synthetic_voc):
+    fake = _install_fake_detectron2(monkeypatch)
+    _, result = exported
+    launcher.register_extra_norm_head()
+    head_class = fake["roi"][d2.EXTRA_NORM_HEAD]
+    cfg = types.SimpleNamespace(MODEL=types.SimpleNamespace(RESNETS=types.SimpleNamespace(NORM="BN")))
+    head = head_class(cfg, None)
+    assert list(head.res5._modules) == ["0", "1", "norm"] and head.res5.norm.num_features == 8
+
+    moved = launcher.read_dataset_section(
+        str(result.config), ["VICREGL.DATA_ROOT", "/data/VOC", "SOLVER.BASE_LR", "1"]
+    )
+    assert moved["DATA_ROOT"] == "/data/VOC" and moved["DATASET"] == "voc"
+    launcher.register_datasets(launcher.read_dataset_section(str(result.config)))
+    assert sorted(fake["catalog"]) == ["vicregl_voc_train", "vicregl_voc_val"]
+    meta = fake["metadata"]["vicregl_voc_val"]
+    assert meta.split == "val" and meta.year == 2007 and Path(meta.dirname) == synthetic_voc
+    records = fake["catalog"]["vicregl_voc_train"]()
+    assert len(records) == 12
+    first = records[0]
+    assert Path(first["file_name"]).is_file() and first["annotations"]
+    xml = (synthetic_voc / "Annotations" / f"{first['image_id']}.xml").read_text()
+    xmin = int(xml.split("<xmin>")[1].split("<")[0])
+    assert first["annotations"][0]["bbox"][0] == xmin - 1  # VOC's 1-based xmin -> pixel edge, as detectron2
+
+
+def test_launcher_arguments_and_missing_detectron2(tmp_path, exported):
+    _, result = exported
+    args = launcher.parse_args(["--config", str(result.config), "--num-gpus", "8", "SOLVER.BASE_LR", "0.01"])
+    assert args.num_gpus == 8 and args.opts == ["SOLVER.BASE_LR", "0.01"] and not args.eval_only
+    with pytest.raises(SystemExit):
+        launcher.parse_args(["--config", str(tmp_path / "missing.yaml")])
+    with pytest.raises(SystemExit):
+        launcher.parse_args(["--config", str(result.config), "SOLVER.BASE_LR"])
+    if d2.detectron2_importable():
+        pytest.skip("detectron2 is installed here")
+    completed = subprocess.run(
+        [sys.executable, "-m", "vicregl_cli.transfer.detectron2_train", "--config", str(result.config)],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    assert completed.returncode == 1
+    assert completed.stderr.strip() == f"error: {launcher.DETECTRON2_MISSING}"
+
+
+def test_coco_subset_is_deterministic_fraction():
+    records = [{"image_id": i} for i in range(200, 0, -1)]
+    subset = launcher.coco_subset(records, 0.1, seed=0)
+    assert len(subset) == 20 and subset == launcher.coco_subset(list(reversed(records)), 0.1, seed=0)
+    assert len({record["image_id"] for record in subset}) == 20
+
+
+def _box(x: float, y: float, size: float = 10.0) -> list[float]:
+    return [x, y, x + size, y + size]
+
+
+def _truth(boxes, labels, difficult=None) -> ImageTruth:
+    difficult = [False] * len(labels) if difficult is None else difficult
+    return ImageTruth(np.array(boxes, dtype=np.float32).reshape(-1, 4), np.array(labels), np.array(difficult))
+
+
+def _dets(boxes, scores, labels) -> ImageDetections:
+    return ImageDetections(
+        np.array(boxes, dtype=np.float32).reshape(-1, 4), np.array(scores), np.array(labels)
+    )
+
+
+def test_perfect_predictions_score_100():
+    truths = [_truth([_box(0, 0), _box(30, 30)], [0, 1]), _truth([_box(5, 40)], [1])]
+    dets = [_dets([_box(0, 0), _box(30, 30)], [0.9, 0.8], [0, 1]), _dets([_box(5, 40)], [0.7], [1])]
+    assert voc_metrics(dets, truths, 2) == pytest.approx({"AP": 100.0, "AP50": 100.0, "AP75": 100.0})
+    assert coco_metrics(dets, truths) == pytest.approx({"AP": 100.0, "AP50": 100.0, "AP75": 100.0})
+
+
+def test_false_positive_between_true_positives_known_values():
+    # class 0: two objects; ranked TP (0.9), FP (0.8), TP (0.7): recall .5 .5 1, precision 1 .5 2/3.
+    truths = [_truth([_box(0, 0)], [0]), _truth([_box(20, 20)], [0])]
+    dets = [_dets([_box(0, 0), _box(40, 40)], [0.9, 0.8], [0, 0]), _dets([_box(20, 20)], [0.7], [0])]
+    eleven_point = (6 * 1.0 + 5 * 2 / 3) / 11  # recall thresholds 0..0.5 reach precision 1, 0.6..1 reach 2/3
+    all_point = 0.5 * 1.0 + 0.5 * 2 / 3
+    coco_101 = (51 * 1.0 + 50 * 2 / 3) / 101
+    assert voc_metrics(dets, truths, 1)["AP50"] == pytest.approx(100 * eleven_point)
+    assert voc_metrics(dets, truths, 1, use_07_metric=False)["AP50"] == pytest.approx(100 * all_point)
+    assert coco_metrics(dets, truths)["AP"] == pytest.approx(100 * coco_101, abs=1e-4)
+
+
+def test_difficult_objects_are_neither_true_nor_false_positives():
+    truths = [_truth([_box(0, 0), _box(30, 30)], [0, 0], [False, True])]
+    found_difficult = [_dets([_box(30, 30), _box(0, 0)], [0.95, 0.9], [0, 0])]
+    missed_difficult = [_dets([_box(0, 0)], [0.9], [0])]
+    for dets in (found_difficult, missed_difficult):
+        assert voc_metrics(dets, truths, 1)["AP50"] == pytest.approx(100.0)
+        assert coco_metrics(dets, truths)["AP50"] == pytest.approx(100.0)
+    duplicate = [_dets([_box(0, 0), _box(0, 0)], [0.9, 0.8], [0, 0])]  # second hit on a matched object: FP
+    assert voc_metrics(duplicate, truths, 1)["AP50"] == pytest.approx(100.0)  # FP after full recall
+    early_duplicate = [_dets([_box(0, 0), _box(0, 0), _box(30, 30)], [0.9, 0.8, 0.7], [0, 0, 0])]
+    assert voc_metrics(early_duplicate, truths, 1)["AP50"] == pytest.approx(100.0)
+
+
+def test_warmup_and_steps_follow_detectron2():
+    settings = tv.DetectionSettings(iters=24000, batch_size=16)
+    assert (
+        settings.lr == pytest.approx(0.02) and settings.steps() == (18000, 22000) and settings.warmup() == 100
+    )
+    assert tv.lr_factor(0, settings) == pytest.approx(0.001)
+    assert tv.lr_factor(50, settings) == pytest.approx(0.001 * 0.5 + 0.5)
+    assert tv.lr_factor(100, settings) == 1.0 and tv.lr_factor(17999, settings) == 1.0
+    assert tv.lr_factor(18000, settings) == pytest.approx(0.1) and tv.lr_factor(
+        23999, settings
+    ) == pytest.approx(0.01)
+    short = tv.DetectionSettings(iters=100, batch_size=4)
+    assert short.lr == pytest.approx(0.005) and short.steps() == (75, 92) and short.warmup() == 10
+
+
+def test_sizes_and_budgets_scale_only_for_small_images():
+    photo = tv.Sample(Path("x.jpg"), 500, 375, np.zeros((1, 4)), np.zeros(1), np.zeros(1, bool))
+    geometry = tv.resolve_geometry(tv.DetectionSettings(), [photo])
+    assert geometry.min_sizes == tuple(range(480, 801, 32)) and geometry.test_size == 800
+    assert (geometry.rois_per_image, geometry.rpn_batch_per_image, geometry.proposals_test) == (
+        512,
+        256,
+        1000,
+    )
+    tiny = tv.Sample(Path("x.jpg"), 75, 75, np.zeros((1, 4)), np.zeros(1), np.zeros(1, bool))
+    geometry = tv.resolve_geometry(tv.DetectionSettings(rois_per_image=7), [tiny])
+    assert geometry.scale == pytest.approx(0.2) and geometry.test_size == 160 and geometry.min_sizes[0] == 96
+    assert geometry.rois_per_image == 7 and geometry.rpn_batch_per_image == round(256 * 0.04)
+
+
+def test_bad_inputs_fail_clearly(tmp_path, synthetic_voc):
+    (tmp_path / "JPEGImages").mkdir()
+    with pytest.raises(UserError, match="Annotations, ImageSets/Main"):
+        tv.load_data("voc", tmp_path)
+    bad = tmp_path / "bad"
+    for sub in ("Annotations", "ImageSets/Main", "JPEGImages"):
+        (bad / sub).mkdir(parents=True)
+    (bad / "ImageSets/Main/train.txt").write_text("a\n")
+    xml = sorted((synthetic_voc / "Annotations").glob("*.xml"))[0].read_text()
+    name = xml.split("<name>")[1].split("<")[0]
+    (bad / "Annotations/a.xml").write_text(xml.replace(f"<name>{name}</name>", "<name>dragon</name>"))
+    with pytest.raises(UserError, match="dragon"):
+        tv.read_voc_split(bad, "train", ["cat"])
+    with pytest.raises(UserError, match="not a ResNet"):
+        d2.run_detect(
+            backbone="convnext_tiny", weights=None, dataset="voc", data_root=synthetic_voc,
+            out=tmp_path / "o", engine="torchvision", lrs=[], settings=tv.DetectionSettings(),
+        )  # fmt: skip
+    with pytest.raises(UserError, match="detectron2 only"):
+        tv.load_data("coco", tmp_path)
+
+
+def test_torchvision_engine_two_iterations_end_to_end(tmp_path, synthetic_voc):
+    settings = tv.DetectionSettings(
+        batch_size=2, workers=0, precise_bn_iters=1, rois_per_image=8, rpn_batch_per_image=16,
+        proposals_train=20, proposals_test=10, log_every=1,
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    records = d2.run_detect(
+        backbone="resnet18", weights=None, dataset="voc", data_root=synthetic_voc, out=tmp_path / "sweep",
+        engine="torchvision", lrs=[0.01], settings=settings, iters=2,
+    )  # fmt: skip
+    record = json.loads((tmp_path / "sweep" / "lr=0.01" / "result.json").read_text())
+    assert records[0]["metrics"] == record["metrics"]
+    assert {"AP", "AP50", "AP75", "AP50_voc07"} <= set(record["metrics"])
+    assert all(0.0 <= value <= 100.0 for value in record["metrics"].values())
+    assert record["params"]["lr"] == 0.01 and record["params"]["iters"] == 2
+    assert record["backbone"] == "resnet18" and record["weights"]["path"] == "random"
+
+
+def test_rpn_loss_is_detectron2s_sum_over_anchor_budget():
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.rpn import RPNHead
+
+    anchors = AnchorGenerator(sizes=((32,),), aspect_ratios=((1.0,),))
+    rpn = tv.DetectronRPN(anchors, RPNHead(4, 1), 0.7, 0.3, batch_size_per_image=8, positive_fraction=1.0,
+                          pre_nms_top_n={"training": 10, "testing": 10},
+                          post_nms_top_n={"training": 10, "testing": 10}, nms_thresh=0.7)  # fmt: skip
+    labels = [torch.tensor([1.0, 0.0, -1.0]), torch.tensor([0.0, 1.0, 1.0])]  # -1: ignored anchor
+    logits = torch.tensor([2.0, -1.0, 5.0, 0.5, 1.0, -3.0])
+    deltas = torch.arange(24, dtype=torch.float32).reshape(6, 4) / 10
+    targets = [torch.zeros(3, 4), torch.ones(3, 4)]
+    objectness, box = rpn.compute_loss(logits, deltas, labels, targets)
+    budget = 8 * 2  # detectron2 divides by batch_size_per_image x images, not by the sampled count
+    used = [0, 1, 3, 4, 5]
+    flat_labels = torch.cat(labels)
+    expected_bce = sum(
+        float(torch.nn.functional.binary_cross_entropy_with_logits(logits[i], flat_labels[i])) for i in used
+    )
+    flat_targets = torch.cat(targets)
+    expected_l1 = sum(float((deltas[i] - flat_targets[i]).abs().sum()) for i in (0, 4, 5))
+    assert float(objectness) == pytest.approx(expected_bce / budget, rel=1e-6)
+    assert float(box) == pytest.approx(expected_l1 / budget, rel=1e-6)

@@ -1,0 +1,236 @@
+"""VICRegL's multi-crop views with the position of every feature-map cell in original-image pixels.
+
+Per crop: a random resized crop (bicubic, antialiased, on uint8) whose box is kept, a horizontal flip, then
+the colour recipe of `photometric`. Positions: the crop box cut into an H × W grid (H = W = crop size //
+backbone stride), the centre of each cell as (y, x) — the reference code's (row, column) order — row-major;
+a flipped crop lists its columns mirrored, so that position k describes what the feature map shows at cell k.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from vicregl_cli.data.photometric import augment_colours_
+from vicregl_cli.errors import UserError
+
+ASPECT_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+FLIP_P = 0.5
+_CROP_TRIES = 10  # as torchvision's RandomResizedCrop, then the centre crop fallback
+# Alternating within a size group: crops 0, 2, 4... always blurred, never solarised; 1, 3, 5... the other.
+_EVEN_BLUR_P, _EVEN_SOLARIZE_P = 1.0, 0.0
+_ODD_BLUR_P, _ODD_SOLARIZE_P = 0.1, 0.2
+
+
+@dataclass(frozen=True)
+class MultiCropConfig:
+    """Sizes, counts and area-scale ranges of the large and small crops, the backbone stride, flip handling.
+
+    `ignore_flip=True` reproduces the reference code's default: positions as if no crop were flipped.
+    """
+
+    large_size: int = 224
+    large_count: int = 2
+    large_scale: tuple[float, float] = (0.08, 1.0)
+    small_size: int = 96
+    small_count: int = 0
+    small_scale: tuple[float, float] = (0.08, 0.4)
+    stride: int = 32
+    ignore_flip: bool = False
+
+    def __post_init__(self) -> None:
+        if self.stride < 1:
+            raise UserError(f"backbone stride must be positive, got {self.stride}")
+        if self.large_count < 2:
+            raise UserError(
+                f"{self.large_count} large crop(s): VICRegL pairs the first two (large) views with every "
+                "other view, so at least 2 are needed"
+            )
+        if self.small_count < 0:
+            raise UserError(f"small crop count must be ≥ 0, got {self.small_count}")
+        groups = [("large", self.large_size, self.large_scale)]
+        if self.small_count:
+            groups.append(("small", self.small_size, self.small_scale))
+        for name, size, scale in groups:
+            if size // self.stride < 1:
+                raise UserError(
+                    f"{name} crop size {size} gives an empty feature grid ({size // self.stride} cells) at "
+                    f"backbone stride {self.stride}: use a crop size of at least {self.stride}"
+                )
+            if size % self.stride:
+                raise UserError(
+                    f"{name} crop size {size} is not a multiple of the backbone stride {self.stride}, so "
+                    f"its feature map size depends on the backbone's padding (ResNets round up, ConvNeXts "
+                    f"down); use {size // self.stride * self.stride} or "
+                    f"{(size // self.stride + 1) * self.stride}"
+                )
+            low, high = scale
+            if not 0.0 < low <= high <= 1.0:
+                raise UserError(f"{name} crop scale must satisfy 0 < min ≤ max ≤ 1, got ({low}, {high})")
+
+    def grid(self, size: int) -> int:
+        """Cells per side of the feature map for a crop of `size` pixels."""
+        return size // self.stride
+
+    @property
+    def num_views(self) -> int:
+        return self.large_count + self.small_count
+
+
+MULTICROP_PRESETS: dict[str, MultiCropConfig] = {
+    "resnet": MultiCropConfig(large_size=224, large_count=2, large_scale=(0.08, 1.0), small_count=0),
+    "convnext": MultiCropConfig(
+        large_size=224,
+        large_count=2,
+        large_scale=(0.4, 1.0),
+        small_size=96,
+        small_count=6,
+        small_scale=(0.08, 0.4),
+    ),
+}
+
+
+class CropBox(NamedTuple):
+    """A crop in original-image pixels: rows top..top+height-1, columns left..left+width-1."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+class MultiCropSample(NamedTuple):
+    """Normalised views (3, S, S) float32, large first, and their positions (H·W, 2) float32 as (y, x)."""
+
+    views: list[Tensor]
+    positions: list[Tensor]
+
+
+class CropGroup(NamedTuple):
+    """Same-size crops before the colour augmentations: uint8 (N, 3, S, S), flipped where `flipped`."""
+
+    pixels: Tensor
+    boxes: list[CropBox]
+    flipped: list[bool]
+    positions: Tensor  # (N, H·W, 2) float32
+
+
+def sample_crop_box(
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    draws: list[float],
+    ratio: tuple[float, float] = ASPECT_RATIO,
+) -> CropBox:
+    """torchvision's RandomResizedCrop box from uniforms: tries of (area, log aspect), then a centred box.
+
+    `draws` holds 2 · _CROP_TRIES + 2 uniforms in [0, 1): an (area, aspect) pair per try, then top and left.
+    """
+    area = height * width
+    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
+    for attempt in range(_CROP_TRIES):
+        target_area = area * (scale[0] + draws[2 * attempt] * (scale[1] - scale[0]))
+        aspect = math.exp(log_low + draws[2 * attempt + 1] * (log_high - log_low))
+        crop_w = round(math.sqrt(target_area * aspect))
+        crop_h = round(math.sqrt(target_area / aspect))
+        if 0 < crop_w <= width and 0 < crop_h <= height:
+            top = int(draws[-2] * (height - crop_h + 1))
+            left = int(draws[-1] * (width - crop_w + 1))
+            return CropBox(top, left, crop_h, crop_w)
+    image_ratio = width / height
+    if image_ratio < ratio[0]:
+        crop_w, crop_h = width, round(width / ratio[0])
+    elif image_ratio > ratio[1]:
+        crop_w, crop_h = round(height * ratio[1]), height
+    else:
+        crop_w, crop_h = width, height
+    return CropBox((height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w)
+
+
+def grid_positions(boxes: Tensor, grid: int, flipped: Tensor) -> Tensor:
+    """(N, grid², 2) float32 (y, x) centres of each box's grid × grid cells, row-major, mirrored if flipped.
+
+    `boxes` (N, 4) holds (top, left, height, width) in pixels, `flipped` (N,) booleans.
+    """
+    boxes = boxes.double()
+    steps = torch.arange(grid, dtype=torch.float64) + 0.5
+    # Column l of a flipped crop shows the box's column grid − 1 − l.
+    column_steps = torch.where(flipped.unsqueeze(1), steps.flip(0), steps)
+    ys = boxes[:, :1] + steps * (boxes[:, 2:3] / grid)
+    xs = boxes[:, 1:2] + column_steps * (boxes[:, 3:4] / grid)
+    count = boxes.shape[0]
+    yx = torch.stack(
+        [ys.unsqueeze(2).expand(count, grid, grid), xs.unsqueeze(1).expand(count, grid, grid)], dim=-1
+    )
+    return yx.reshape(count, grid * grid, 2).float()
+
+
+def to_uint8_image(image: Image.Image | Tensor) -> Tensor:
+    """A (3, H, W) uint8 tensor from a PIL image (converted to RGB once) or a uint8 (1 or 3, H, W) tensor."""
+    if isinstance(image, Image.Image):
+        return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+    if not isinstance(image, Tensor):
+        raise TypeError(f"expected a PIL image or a uint8 tensor, got {type(image).__name__}")
+    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(
+            f"expected a uint8 (3, H, W) or (1, H, W) tensor, got {image.dtype} {tuple(image.shape)}"
+        )
+    return image.expand(3, -1, -1) if image.shape[0] == 1 else image
+
+
+class MultiCropTransform:
+    """Callable on a PIL image or uint8 tensor -> MultiCropSample; fits `image_folder(root, transform)`."""
+
+    def __init__(self, config: MultiCropConfig) -> None:
+        self.config = config
+        self.groups = [(config.large_size, config.large_count, config.large_scale)]
+        if config.small_count:
+            self.groups.append((config.small_size, config.small_count, config.small_scale))
+
+    def crop_groups(self, image: Image.Image | Tensor) -> list[CropGroup]:
+        """The geometric half: per size group, the boxes, flips, resized uint8 crops and positions."""
+        pixels = to_uint8_image(image)
+        height, width = pixels.shape[-2:]
+        groups = []
+        for size, count, scale in self.groups:
+            draws = torch.rand(count, 2 * _CROP_TRIES + 3).tolist()
+            boxes = [sample_crop_box(height, width, scale, crop_draws[:-1]) for crop_draws in draws]
+            flipped = [crop_draws[-1] < FLIP_P for crop_draws in draws]
+            crops = torch.empty(count, 3, size, size, dtype=torch.uint8)
+            for crop, (top, left, crop_h, crop_w), flip in zip(crops, boxes, flipped, strict=True):
+                region = pixels[None, :, top : top + crop_h, left : left + crop_w]
+                resized = F.interpolate(region, size=(size, size), mode="bicubic", antialias=True)[0]
+                crop.copy_(resized.flip(-1) if flip else resized)
+            mirrored = torch.tensor(flipped) & (not self.config.ignore_flip)
+            positions = grid_positions(torch.tensor(boxes), self.config.grid(size), mirrored)
+            groups.append(CropGroup(crops, boxes, flipped, positions))
+        return groups
+
+    def __call__(self, image: Image.Image | Tensor) -> MultiCropSample:
+        views: list[Tensor] = []
+        positions: list[Tensor] = []
+        for group in self.crop_groups(image):
+            count = group.pixels.shape[0]
+            blur_p = [_EVEN_BLUR_P if index % 2 == 0 else _ODD_BLUR_P for index in range(count)]
+            solarize_p = [_EVEN_SOLARIZE_P if index % 2 == 0 else _ODD_SOLARIZE_P for index in range(count)]
+            normalised = augment_colours_(group.pixels.float(), blur_p, solarize_p)
+            views.extend(normalised.unbind(0))
+            positions.extend(group.positions.unbind(0))
+        return MultiCropSample(views, positions)
+
+
+def collate(batch: list[tuple[MultiCropSample, int]]) -> tuple[list[Tensor], list[Tensor], Tensor]:
+    """Batch (sample, label) pairs: (views, each (B, 3, S, S); positions, each (B, L, 2); labels (B,))."""
+    samples, labels = zip(*batch, strict=True)
+    views = [torch.stack(view) for view in zip(*(sample.views for sample in samples), strict=True)]
+    positions = [
+        torch.stack(position) for position in zip(*(sample.positions for sample in samples), strict=True)
+    ]
+    return views, positions, torch.as_tensor(labels, dtype=torch.long)

@@ -1,0 +1,210 @@
+"""Process-group set-up for torchrun and SLURM, and the all-gather with gradient that the VICReg terms need.
+
+Gradient convention of `gather_with_grad` (that of the reference code's `FullGatherLayer`): the backward
+pass SUMS the gradients every rank computed for the gathered tensor and returns each rank its own slice.
+Every rank computes the variance/covariance terms on the same gathered batch, so a rank's input gradient
+from those terms is world_size × the one-process gradient; DistributedDataParallel AVERAGES parameter
+gradients over ranks, which removes the factor. Local terms (the invariance MSE over the rank's own n of
+the k·n samples) carry k × the one-process weight per sample on each rank, and the same averaging gives it
+back. Net effect: k ranks × n samples under DDP give the same parameter gradients as one process with k·n
+samples, while the input gradients seen on one rank are world_size × the one-process ones.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from vicregl_cli.errors import UserError
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits: global and node-local rank, number of processes, backend, and device."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    backend: str | None  # "nccl" | "gloo"; None for a single process without a process group
+    device: str  # "cuda:LOCAL_RANK" or "cpu": the device this process should compute on
+
+
+@dataclass(frozen=True)
+class LaunchEnv:
+    """What the launcher's environment variables say (torchrun or SLURM), before any process group exists."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    master_addr: str
+    master_port: int
+    launcher: str  # "torchrun" | "slurm" | "single"
+
+
+def is_initialized() -> bool:
+    """True when a torch.distributed process group is active."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    """Number of processes in the group (1 without a process group)."""
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def rank() -> int:
+    """Global rank of this process (0 without a process group)."""
+    return dist.get_rank() if is_initialized() else 0
+
+
+def is_main_process() -> bool:
+    """True on rank 0: the process that logs, writes checkpoints and shows progress bars."""
+    return rank() == 0
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """The first host of a SLURM node list ("gpu[012-015,020],cpu1" -> "gpu012"): the rendezvous address."""
+    first_group = _split_top_level(nodelist)[0].strip()
+    if not first_group:
+        raise UserError(f"SLURM_JOB_NODELIST is empty or malformed: {nodelist!r}")
+    if "[" not in first_group:
+        return first_group
+    prefix, _, rest = first_group.partition("[")
+    inside, closing, suffix = rest.partition("]")
+    first_id = inside.split(",")[0].split("-")[0]
+    if not closing or not first_id.isdigit():
+        raise UserError(f"cannot read the first host of SLURM_JOB_NODELIST={nodelist!r}")
+    return prefix + first_id + suffix
+
+
+def _split_top_level(nodelist: str) -> list[str]:
+    groups, depth, start = [], 0, 0
+    for position, char in enumerate(nodelist):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            groups.append(nodelist[start:position])
+            start = position + 1
+    groups.append(nodelist[start:])
+    return groups
+
+
+def read_launch_env(environ: Mapping[str, str]) -> LaunchEnv:
+    """Ranks, world size and rendezvous address from torchrun's variables, else SLURM's, else one process.
+
+    torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT. Under `srun` (one task per
+    GPU, as submitit launches) SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID give the ranks, the first host of
+    SLURM_JOB_NODELIST is the rendezvous address and the port is MASTER_PORT or 20000 + job id mod 20000.
+    """
+    if "RANK" in environ or "WORLD_SIZE" in environ:
+        missing = [name for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if name not in environ]
+        if missing:
+            raise UserError(f"torchrun environment incomplete: {', '.join(missing)} not set")
+        size = int(environ["WORLD_SIZE"])
+        if size > 1 and ("MASTER_ADDR" not in environ or "MASTER_PORT" not in environ):
+            raise UserError("WORLD_SIZE > 1 but MASTER_ADDR / MASTER_PORT are not set: launch with torchrun")
+        return LaunchEnv(
+            rank=int(environ["RANK"]),
+            local_rank=int(environ["LOCAL_RANK"]),
+            world_size=size,
+            master_addr=environ.get("MASTER_ADDR", "127.0.0.1"),
+            master_port=int(environ.get("MASTER_PORT", "29500")),
+            launcher="torchrun",
+        )
+    if "SLURM_PROCID" in environ and int(environ.get("SLURM_NTASKS", "1")) > 1:
+        job_id = int(environ.get("SLURM_JOB_ID", "0"))
+        return LaunchEnv(
+            rank=int(environ["SLURM_PROCID"]),
+            local_rank=int(environ.get("SLURM_LOCALID", "0")),
+            world_size=int(environ["SLURM_NTASKS"]),
+            master_addr=environ.get("MASTER_ADDR") or first_slurm_host(environ.get("SLURM_JOB_NODELIST", "")),
+            master_port=int(environ.get("MASTER_PORT", str(20000 + job_id % 20000))),
+            launcher="slurm",
+        )
+    return LaunchEnv(
+        rank=0, local_rank=0, world_size=1, master_addr="127.0.0.1", master_port=0, launcher="single"
+    )
+
+
+def init_distributed(device: str) -> DistEnv:
+    """Join the process group the launcher describes (NCCL on cuda, gloo on cpu); one process needs none.
+
+    `device` is "cuda" or "cpu"; the GPU used is cuda:LOCAL_RANK. Calling it again in the same process
+    returns the group already joined.
+    """
+    kind = torch.device(device).type
+    if kind not in ("cuda", "cpu"):
+        raise UserError(f"device must be 'cuda' or 'cpu', got {device!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' requested but no CUDA GPU is visible; pass --device cpu")
+    launch = read_launch_env(os.environ)
+    if kind == "cuda" and launch.local_rank >= torch.cuda.device_count():
+        raise UserError(
+            f"local rank {launch.local_rank} but only {torch.cuda.device_count()} GPUs visible on this node: "
+            "launch one process per GPU"
+        )
+    compute_device = f"cuda:{launch.local_rank}" if kind == "cuda" else "cpu"
+    if kind == "cuda":
+        torch.cuda.set_device(launch.local_rank)
+    if launch.world_size == 1:
+        return DistEnv(rank=0, local_rank=0, world_size=1, backend=None, device=compute_device)
+    backend = "nccl" if kind == "cuda" else "gloo"
+    if not is_initialized():
+        os.environ["MASTER_ADDR"] = launch.master_addr
+        os.environ["MASTER_PORT"] = str(launch.master_port)
+        dist.init_process_group(
+            backend=backend,
+            init_method="env://",
+            rank=launch.rank,
+            world_size=launch.world_size,
+            device_id=torch.device(compute_device) if kind == "cuda" else None,
+        )
+    return DistEnv(
+        rank=dist.get_rank(),
+        local_rank=launch.local_rank,
+        world_size=dist.get_world_size(),
+        backend=dist.get_backend(),
+        device=compute_device,
+    )
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0; backward sums every rank's gradient and returns this rank's slice."""
+
+    @staticmethod
+    def forward(ctx, local: Tensor) -> Tensor:
+        local = local.contiguous()
+        ctx.local_rows = local.shape[0]
+        parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, local)
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        summed = grad.contiguous().clone()
+        dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+        start = dist.get_rank() * ctx.local_rows
+        return summed[start : start + ctx.local_rows]
+
+
+def gather_with_grad(x: Tensor) -> Tensor:
+    """Concatenate every rank's `x` along dim 0 in rank order, with the gradient path the module describes.
+
+    Every rank must pass the same shape (the pretraining engine requires a batch divisible by the world size
+    and drops the last incomplete batch). Identity without a process group or with one process.
+    """
+    if world_size() == 1:
+        return x
+    return _GatherWithGrad.apply(x)
+
+
+def shard_range(num_items: int, shard_rank: int | None = None, num_shards: int | None = None) -> range:
+    """This rank's contiguous block of `range(num_items)`; blocks, in rank order, differ in length by ≤ 1."""
+    shard_rank = rank() if shard_rank is None else shard_rank
+    num_shards = world_size() if num_shards is None else num_shards
+    if not 0 <= shard_rank < num_shards:
+        raise ValueError(f"rank {shard_rank} outside 0..{num_shards - 1}")
+    return range(num_items * shard_rank // num_shards, num_items * (shard_rank + 1) // num_shards)

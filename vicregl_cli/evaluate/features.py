@@ -1,0 +1,316 @@
+"""Frozen pooled features: backbone loading (with BatchNorm re-estimation for random init), extraction in eval
+mode sharded across ranks, and an on-disk cache keyed by weights + backbone + transform + dataset."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import transforms
+
+from vicregl_cli.errors import UserError
+from vicregl_cli.progress import track
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    """$VICREGL_CACHE, else $XDG_CACHE_HOME/vicregl/features, else ~/.cache/vicregl/features."""
+    if os.environ.get("VICREGL_CACHE"):
+        return Path(os.environ["VICREGL_CACHE"]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "vicregl" / "features"
+
+
+def eval_transform(resize: int = 256, crop: int = 224) -> transforms.Compose:
+    """The papers' evaluation view: short side to `resize`, centre crop `crop`, ImageNet normalisation."""
+    if resize < crop:
+        raise UserError(
+            f"--resize {resize} is smaller than --image-size {crop}; the centre crop would not fit"
+        )
+    return transforms.Compose(
+        [
+            transforms.Resize(resize),
+            transforms.CenterCrop(crop),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def train_transform(crop: int = 224, min_scale: float = 0.08) -> transforms.Compose:
+    """The linear / semi training view: RandomResizedCrop + horizontal flip, ImageNet normalisation."""
+    return transforms.Compose(
+        [
+            transforms.RandomResizedCrop(crop, scale=(min_scale, 1.0)),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def resolve_weights(weights: str, backbone: str | None) -> Path | None:
+    """`--weights random` -> None (random init, needs --backbone); otherwise an existing file."""
+    if weights == "random":
+        if backbone is None:
+            raise UserError("--weights random needs --backbone NAME (which architecture to initialise)")
+        return None
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise UserError(f"weights file {path} does not exist; give a checkpoint path or `random`")
+    return path
+
+
+def setup_device(device: str | None) -> torch.device:
+    """Join the torchrun / SLURM process group if any; this rank's device (cuda:<local rank> on GPUs)."""
+    from vicregl_cli.distributed import init_distributed
+
+    env = init_distributed(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return torch.device(env.device)
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+
+
+def recalibrate_batchnorm(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    num_batches: int,
+    batch_size: int,
+    num_workers: int = 0,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> int:
+    """Re-estimate every BatchNorm's running statistics as the plain average over `num_batches` batches of a
+    seeded random sample of `dataset` (train mode, momentum None, no gradient); returns the images used.
+
+    A randomly initialised network's running statistics (mean 0, variance 1) do not describe its activations,
+    so its eval-mode features are meaningless without this. Leaves the model in eval mode."""
+    layers = batchnorm_layers(model)
+    if not layers or num_batches <= 0:
+        model.eval()
+        return 0
+    generator = torch.Generator().manual_seed(seed)
+    count = min(len(dataset), num_batches * batch_size)
+    indices = torch.randperm(len(dataset), generator=generator)[:count].tolist()
+    loader = DataLoader(
+        Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers
+    )
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None
+    model.train()
+    try:
+        with torch.no_grad(), track("BatchNorm re-estimation", total=len(loader), log_every=20) as tracker:
+            for images, _ in loader:
+                model(images.to(device))
+                tracker.advance()
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+        model.eval()
+    return count
+
+
+def _shard(size: int, rank: int, world: int) -> list[int]:
+    """Rank `rank`'s strided shard: global indices rank, rank + world, ... (no padding, no duplicates)."""
+    return list(range(rank, size, world))
+
+
+def _gather_shards(local: Tensor, size: int, world: int) -> Tensor:
+    """All-gather the strided shards of every rank into the full (size, C) tensor, in dataset order."""
+    import torch.distributed as dist
+
+    rows = (size + world - 1) // world
+    padded = local.new_zeros((rows, *local.shape[1:]))
+    padded[: local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    full = local.new_empty((size, *local.shape[1:]))
+    for rank, part in enumerate(parts):
+        full[rank::world] = part[: len(range(rank, size, world))]
+    return full
+
+
+def extract_features(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    num_workers: int = 0,
+    device: torch.device | str = "cpu",
+    description: str = "features",
+) -> Tensor:
+    """Pooled features (N, C) float32 on the CPU, in dataset order: eval mode (BatchNorm statistics
+    untouched), no gradient; under torchrun each rank extracts a strided shard, then all ranks gather."""
+    from vicregl_cli.distributed import is_main_process, rank, world_size
+
+    world = world_size()
+    indices = _shard(len(dataset), rank(), world)
+    loader = DataLoader(
+        Subset(dataset, indices),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=torch.device(device).type == "cuda",
+    )
+    model.eval()
+    chunks = []
+    with torch.inference_mode(), track(description, total=len(loader), enabled=is_main_process()) as tracker:
+        for images, _ in loader:
+            _, pooled = model(images.to(device, non_blocking=True))
+            chunks.append(pooled.float())
+            tracker.advance()
+    width = model.spec.representation_size
+    local = torch.cat(chunks) if chunks else torch.empty((0, width), device=device)
+    if world > 1:
+        local = _gather_shards(local, len(dataset), world)
+    return local.cpu()
+
+
+def dataset_fingerprint(dataset: Dataset) -> dict:
+    """The file list (relative paths, sizes, labels) and classes: what makes two datasets the same."""
+    root = Path(dataset.root)
+    files = [
+        [str(Path(path).relative_to(root)), Path(path).stat().st_size, label]
+        for path, label in dataset.samples
+    ]
+    digest = hashlib.sha256(json.dumps(files).encode()).hexdigest()
+    return {"root": str(root.resolve()), "classes": list(dataset.classes), "files_sha256": digest}
+
+
+@dataclass
+class FeatureExtractor:
+    """One frozen backbone and its identity; `features(dataset)` returns cached features or extracts them.
+
+    `identity` holds what determines the features (weights sha256 or random seed, backbone, BatchNorm
+    re-estimation, transform); the dataset fingerprint is added per call. `extractions` counts real ones."""
+
+    model: nn.Module
+    identity: dict
+    device: torch.device
+    batch_size: int
+    num_workers: int = 0
+    cache_dir: Path | None = None
+    bn_dataset: Dataset | None = None
+    bn_batches: int = 0
+    seed: int = 0
+    extractions: int = 0
+    _recalibrated: bool = field(default=False, repr=False)
+
+    def prepare(self) -> None:
+        """Re-estimate BatchNorm statistics once, the first time features must really be computed."""
+        if self._recalibrated:
+            return
+        self._recalibrated = True
+        if self.bn_dataset is not None and self.bn_batches > 0:
+            recalibrate_batchnorm(
+                self.model,
+                self.bn_dataset,
+                num_batches=self.bn_batches,
+                batch_size=self.batch_size,
+                num_workers=self.num_workers,
+                device=self.device,
+                seed=self.seed,
+            )
+
+    def cache_path(self, dataset: Dataset) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        key = {"format": CACHE_FORMAT, **self.identity, "dataset": dataset_fingerprint(dataset)}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+        return Path(self.cache_dir) / f"{self.identity['backbone']}-{digest[:24]}.pt"
+
+    def features(self, dataset: Dataset, description: str = "features") -> tuple[Tensor, Tensor]:
+        """(features (N, C) float32, labels (N,) int64) for `dataset`, from the cache when present."""
+        from vicregl_cli.distributed import is_main_process
+
+        labels = torch.as_tensor(dataset.targets, dtype=torch.int64)
+        path = self.cache_path(dataset)
+        if path is not None and path.is_file():
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            if torch.equal(stored["labels"], labels):
+                if is_main_process():
+                    print(f"{description}: read from the cache {path}", file=sys.stderr)
+                return stored["features"], labels
+        self.prepare()
+        self.extractions += 1
+        features = extract_features(
+            self.model,
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            device=self.device,
+            description=description,
+        )
+        if path is not None and is_main_process():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            torch.save({"features": features, "labels": labels}, temporary)
+            os.replace(temporary, path)
+        return features, labels
+
+
+def frozen_extractor(
+    backbone: str | None,
+    weights: Path | None,
+    *,
+    device: torch.device,
+    batch_size: int,
+    resize: int,
+    crop: int,
+    num_workers: int = 0,
+    cache_dir: Path | None = None,
+    bn_dataset: Dataset | None = None,
+    recalibrate_bn: bool | None = None,
+    bn_batches: int = 100,
+    seed: int = 0,
+) -> FeatureExtractor:
+    """Load the backbone (strictly; random init when `weights` is None, seeded) and describe its features.
+
+    `recalibrate_bn` None means: on for random init, off for loaded weights. `bn_dataset` (training
+    images with the evaluation transform) feeds the re-estimation."""
+    from vicregl_cli.backbones import load_backbone, weights_sha256
+
+    torch.manual_seed(seed)
+    model = load_backbone(backbone, weights).to(device)
+    model.requires_grad_(False)
+    model.eval()
+    if recalibrate_bn is None:
+        recalibrate_bn = weights is None
+    has_bn = bool(batchnorm_layers(model))
+    if recalibrate_bn and has_bn and bn_dataset is None:
+        raise UserError("BatchNorm re-estimation needs training images")
+    bn_batches = bn_batches if recalibrate_bn and has_bn else 0
+    identity = {
+        "weights": f"random(seed={seed})" if weights is None else weights_sha256(weights),
+        "backbone": model.spec.name,
+        "bn_recalibration": {"batches": bn_batches, "batch_size": batch_size, "seed": seed}
+        if bn_batches
+        else None,
+        "transform": {"resize": resize, "crop": crop, "interpolation": "bilinear", "normalize": "imagenet"},
+    }
+    return FeatureExtractor(
+        model=model,
+        identity=identity,
+        device=device,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        cache_dir=cache_dir,
+        bn_dataset=bn_dataset,
+        bn_batches=bn_batches,
+        seed=seed,
+    )

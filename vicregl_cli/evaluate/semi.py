@@ -1,0 +1,247 @@
+"""Semi-supervised evaluation (DESIGN §3): fine-tune backbone + linear head on 1 % or 10 % of the labels, SGD
+momentum 0.9 without weight decay, 20 epochs, per-epoch cosine, separate backbone / head learning rates swept
+as a grid; best val top-1 / top-5. Labelled subset: a SimCLR split file, or drawn per class."""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
+
+from vicregl_cli.errors import UserError
+from vicregl_cli.evaluate.linear import BestAccuracy, cosine_factor, new_head, open_datasets, topk_correct
+from vicregl_cli.progress import track
+from vicregl_cli.sweep import SlurmOptions, SweepPoint, point_name, run_sweep
+
+# percent -> (backbone lr, head lr): the VICReg paper's semi-supervised settings
+DEFAULT_LRS = {1: (0.03, 0.08), 10: (0.01, 0.1)}
+
+
+def balanced_subset(targets: list[int], percent: int, seed: int) -> list[int]:
+    """Indices of ceil(percent / 100 × n_c) images (at least 1) of every class c, drawn by a seeded generator;
+    the same targets, percent and seed always give the same subset. Sorted."""
+    if not 0 < percent <= 100:
+        raise UserError(f"--percent must be in 1..100, got {percent}")
+    labels = torch.as_tensor(targets, dtype=torch.int64)
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for label in range(int(labels.max()) + 1):
+        members = torch.nonzero(labels == label).flatten()
+        if members.numel() == 0:
+            continue
+        keep = max(1, -(-percent * members.numel() // 100))  # exact integer ceiling
+        chosen.append(members[torch.randperm(members.numel(), generator=generator)[:keep]])
+    return sorted(torch.cat(chosen).tolist())
+
+
+def read_split_file(path: Path, dataset) -> list[int]:
+    """Indices of the images a SimCLR-format split file lists (one file name per line, class = the part before
+    the first `_`, e.g. n01440764_10026.JPEG in train/n01440764/). Unknown classes / files: UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"split file {path} does not exist")
+    names = list(dict.fromkeys(line.strip() for line in path.read_text().splitlines() if line.strip()))
+    if not names:
+        raise UserError(f"split file {path} lists no images")
+    index_of = {
+        (Path(sample).parent.name, Path(sample).name): i for i, (sample, _) in enumerate(dataset.samples)
+    }
+    unknown_classes = sorted({name.split("_")[0] for name in names} - set(dataset.classes))
+    if unknown_classes:
+        raise UserError(
+            f"split file {path} names classes that {dataset.root} does not have: {unknown_classes[:10]} "
+            "(the class is the part of each file name before the first `_`)"
+        )
+    missing = [name for name in names if (name.split("_")[0], name) not in index_of]
+    if missing:
+        raise UserError(
+            f"split file {path}: {len(missing)} listed image(s) not found under {dataset.root}, "
+            f"e.g. {missing[:5]}"
+        )
+    return sorted(index_of[(name.split("_")[0], name)] for name in names)
+
+
+@dataclass
+class SemiConfig:
+    """Everything `vicregl semi` needs; every field but the paths lands in result.json's params."""
+
+    data: Path
+    out: Path
+    weights: str
+    backbone: str | None = None
+    percent: int | None = None
+    split_file: Path | None = None
+    lrs_backbone: list[float] | None = None
+    lrs_head: list[float] | None = None
+    epochs: int = 20
+    batch_size: int = 256
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    image_size: int = 224
+    resize: int = 256
+    min_scale: float = 0.08
+    num_workers: int = 8
+    seed: int = 0
+    device: str | None = None
+
+
+def labelled_indices(config: SemiConfig, dataset) -> list[int]:
+    """The labelled subset: the split file's images, else the seeded class-balanced `percent` %."""
+    if (config.percent is None) == (config.split_file is None):
+        raise UserError("give exactly one of --percent (1 or 10) and --split-file")
+    if config.split_file is not None:
+        return read_split_file(config.split_file, dataset)
+    return balanced_subset(dataset.targets, config.percent, config.seed)
+
+
+def default_lrs(config: SemiConfig, labelled: int, total: int) -> tuple[list[float], list[float]]:
+    """The grids to sweep: the given ones, else the paper's pair for 1 % (10 % if the subset is ≥ 5 %)."""
+    percent = config.percent if config.percent is not None else (1 if labelled < 0.05 * total else 10)
+    backbone_lr, head_lr = DEFAULT_LRS[1 if percent < 5 else 10]
+    return config.lrs_backbone or [backbone_lr], config.lrs_head or [head_lr]
+
+
+class Classifier(nn.Module):
+    """Backbone + linear head on its pooled features."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Linear) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, images: Tensor) -> Tensor:
+        _, pooled = self.backbone(images)
+        return self.head(pooled)
+
+
+def _evaluate(model: Classifier, val_set, config: SemiConfig, device: torch.device) -> tuple[float, float]:
+    """Val top-1 / top-5 in eval mode, the val set sharded over ranks (features gathered, then the head)."""
+    from vicregl_cli.evaluate.features import extract_features
+
+    features = extract_features(
+        model.backbone,
+        val_set,
+        batch_size=config.batch_size,
+        num_workers=config.num_workers,
+        device=device,
+        description="val",
+    )
+    labels = torch.as_tensor(val_set.targets, device=device)
+    with torch.no_grad():
+        top1, top5 = topk_correct(model.head(features.to(device)), labels)
+    return 100.0 * top1 / len(labels), 100.0 * top5 / len(labels)
+
+
+def train_semi_point(config: SemiConfig, point: SweepPoint, run_dir: Path) -> dict:
+    """One (backbone lr, head lr) point: fine-tune on the labelled subset, BatchNorm in train mode, DDP under
+    torchrun; evaluate after every epoch."""
+    from vicregl_cli.backbones import load_backbone
+    from vicregl_cli.distributed import is_main_process, world_size
+    from vicregl_cli.evaluate.features import eval_transform, resolve_weights, setup_device, train_transform
+    from vicregl_cli.report import make_result
+
+    started = time.perf_counter()
+    lr_backbone, lr_head = point.params["lr_backbone"], point.params["lr_head"]
+    weights = resolve_weights(config.weights, config.backbone)
+    device = setup_device(config.device)
+    train_set, val_set = open_datasets(
+        config.data,
+        train_transform(config.image_size, config.min_scale),
+        eval_transform(config.resize, config.image_size),
+    )
+    labelled = labelled_indices(config, train_set)
+    torch.manual_seed(config.seed)
+    backbone = load_backbone(config.backbone, weights)
+    head = new_head(backbone.spec.representation_size, len(train_set.classes), config.seed)
+    model = Classifier(backbone, head).to(device)
+    trained: nn.Module = model
+    world = world_size()
+    subset = Subset(train_set, labelled)
+    if world > 1:
+        trained = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None
+        )
+        sampler = DistributedSampler(subset, shuffle=True, seed=config.seed)
+    else:
+        sampler = RandomSampler(subset, generator=torch.Generator().manual_seed(config.seed))
+    if config.batch_size % world:
+        raise UserError(f"--batch-size {config.batch_size} is not divisible by the {world} processes")
+    loader = DataLoader(
+        subset,
+        batch_size=config.batch_size // world,
+        sampler=sampler,
+        num_workers=config.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=config.num_workers > 0,
+    )
+    optimizer = torch.optim.SGD(
+        [{"params": backbone.parameters(), "lr": lr_backbone}, {"params": head.parameters(), "lr": lr_head}],
+        lr=lr_head,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda epoch: cosine_factor(epoch, config.epochs)
+    )
+    best = BestAccuracy()
+    title = f"semi {point.name}"
+    with track(title, total=config.epochs * len(loader), enabled=is_main_process()) as tracker:
+        for epoch in range(config.epochs):
+            if isinstance(sampler, DistributedSampler):
+                sampler.set_epoch(epoch)
+            trained.train()
+            for images, labels in loader:
+                logits = trained(images.to(device, non_blocking=True))
+                loss = F.cross_entropy(logits, labels.to(device, non_blocking=True))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                tracker.advance(loss=loss.item(), lr=scheduler.get_last_lr()[1])
+            scheduler.step()
+            best.update(*_evaluate(model, val_set, config, device), epoch)
+    skipped = ("out", "weights", "data", "backbone", "lrs_backbone", "lrs_head")
+    params = {key: value for key, value in asdict(config).items() if key not in skipped}
+    params.update(
+        lr_backbone=lr_backbone, lr_head=lr_head, labelled_images=len(labelled), train_images=len(train_set)
+    )
+    return make_result(
+        "semi",
+        backbone.spec.name,
+        weights,
+        str(config.data),
+        params,
+        best.metrics(),
+        time.perf_counter() - started,
+    )
+
+
+def run_semi(config: SemiConfig, slurm: SlurmOptions | None = None) -> list[dict]:
+    """Check options, data, subset and weights first; then sweep the (backbone lr × head lr) grid."""
+    from vicregl_cli.backbones import load_backbone
+    from vicregl_cli.evaluate.features import resolve_weights
+
+    if config.epochs < 1 or config.batch_size < 1:
+        raise UserError("--epochs and --batch-size must be at least 1")
+    for name, values in (("--lr-backbone", config.lrs_backbone), ("--lr-head", config.lrs_head)):
+        if values is not None and (any(lr < 0 for lr in values) or len(set(values)) != len(values)):
+            raise UserError(f"{name} needs distinct non-negative learning rates, got {values}")
+    weights = resolve_weights(config.weights, config.backbone)
+    train_set, _ = open_datasets(config.data, None, None)
+    labelled = labelled_indices(config, train_set)
+    config.backbone = load_backbone(config.backbone, weights).spec.name
+    lrs_backbone, lrs_head = default_lrs(config, len(labelled), len(train_set))
+    points = [
+        SweepPoint(point_name("", lr_backbone=lb, lr_head=lh), {"lr_backbone": lb, "lr_head": lh})
+        for lb in lrs_backbone
+        for lh in lrs_head
+    ]
+    subset = f"{config.percent} %" if config.split_file is None else Path(config.split_file).name
+    title = f"semi-supervised ({subset}: {len(labelled)} labelled images)"
+    run_point = functools.partial(train_semi_point, config)
+    return run_sweep(Path(config.out), points, run_point, metric="top1", title=title, slurm=slurm)

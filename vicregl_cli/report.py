@@ -1,0 +1,303 @@
+"""The one results record every evaluation writes (result.json), and the tables `report` and sweeps print."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from vicregl_cli.errors import UserError
+
+RESULT_FILE = "result.json"
+SUMMARY_FILE = "summary.json"
+RANDOM_WEIGHTS = "random"
+REQUIRED_FIELDS = (
+    "protocol",
+    "backbone",
+    "weights",
+    "dataset",
+    "params",
+    "metrics",
+    "wall_time_s",
+    "versions",
+)
+
+
+def make_result(
+    protocol: str,
+    backbone: str,
+    weights: str | Path | None,
+    dataset: str,
+    params: dict,
+    metrics: dict[str, float],
+    wall_time_s: float,
+) -> dict:
+    """Build a result record; `weights` None or "random" means random init, else its sha256 is recorded."""
+    import torch
+
+    import vicregl_cli
+
+    if weights is None or str(weights) == RANDOM_WEIGHTS:
+        weights_record = {"path": RANDOM_WEIGHTS, "sha256": None}
+    else:
+        from vicregl_cli.backbones import weights_sha256
+
+        weights_record = {"path": str(Path(weights).resolve()), "sha256": weights_sha256(weights)}
+    return {
+        "protocol": protocol,
+        "backbone": backbone,
+        "weights": weights_record,
+        "dataset": str(dataset),
+        "params": _jsonable(params),
+        "metrics": {name: float(value) for name, value in metrics.items()},
+        "wall_time_s": float(wall_time_s),
+        "versions": {
+            "vicregl": vicregl_cli.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    """Paths and tuples into JSON-friendly strings and lists, recursively."""
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json_atomic(path: Path, content: Any) -> Path:
+    """Write JSON to a temporary file beside `path`, then rename it: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(content, indent=2, sort_keys=False) + "\n")
+    os.replace(temporary, path)
+    return path
+
+
+def write_result(run_dir: Path, record: dict) -> Path:
+    """Write `run_dir/result.json` (write then rename) and return its path."""
+    return write_json_atomic(Path(run_dir) / RESULT_FILE, record)
+
+
+def write_summary(out_dir: Path, records: list[dict], metric: str, title: str) -> Path:
+    """Write `out_dir/summary.json`: the sweep's title, ranking metric, best run and every run's record."""
+    best = best_record(records, metric)
+    content = {
+        "title": title,
+        "metric": metric,
+        "best": None if best is None else best.get("run"),
+        "runs": records,
+    }
+    return write_json_atomic(Path(out_dir) / SUMMARY_FILE, content)
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path} is not valid JSON ({error}); rerun the evaluation that wrote it") from None
+
+
+def _check_record(record: Any, source: Path) -> dict:
+    if not isinstance(record, dict) or any(name not in record for name in REQUIRED_FIELDS):
+        missing = [name for name in REQUIRED_FIELDS if not isinstance(record, dict) or name not in record]
+        raise UserError(f"{source} is not a vicregl result record (missing {', '.join(missing)})")
+    return record
+
+
+def _records_in_file(path: Path) -> list[dict]:
+    content = _load_json(path)
+    if isinstance(content, dict) and "runs" in content:
+        return [_check_record(record, path) for record in content["runs"]]
+    return [_check_record(content, path)]
+
+
+def read_results(paths: list[Path]) -> list[dict]:
+    """Records from result.json / summary.json files, or from every result.json below the given folders."""
+    records: list[dict] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise UserError(f"{path} does not exist; give result.json / summary.json files or run folders")
+        if path.is_dir():
+            files = sorted(path.rglob(RESULT_FILE))
+            if not files and (path / SUMMARY_FILE).is_file():
+                files = [path / SUMMARY_FILE]
+            if not files:
+                raise UserError(
+                    f"{path} holds no {RESULT_FILE} or {SUMMARY_FILE}; has any run finished there?"
+                )
+            for file in files:
+                records.extend(_records_in_file(file))
+        else:
+            records.extend(_records_in_file(path))
+    return records
+
+
+def default_metric(records: list[dict]) -> str | None:
+    """The first metric of the first record (top1, top1@<k>, mIoU, AP, ...): the one tables rank by."""
+    for record in records:
+        if record["metrics"]:
+            return next(iter(record["metrics"]))
+    return None
+
+
+def best_record(records: list[dict], metric: str | None) -> dict | None:
+    """The record with the highest `metric` (records without it are never best)."""
+    candidates = [record for record in records if metric is not None and metric in record["metrics"]]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda record: record["metrics"][metric])
+
+
+def _varying_params(records: list[dict]) -> list[str]:
+    """Hyper-parameters whose value differs between records: the columns that tell the rows apart."""
+    names: list[str] = []
+    for record in records:
+        names.extend(name for name in record["params"] if name not in names)
+    sentinel = object()
+    return [
+        name
+        for name in names
+        if len({json.dumps(record["params"].get(name, sentinel), default=str) for record in records}) > 1
+    ]
+
+
+def _metric_names(records: list[dict]) -> list[str]:
+    names: list[str] = []
+    for record in records:
+        names.extend(name for name in record["metrics"] if name not in names)
+    return names
+
+
+def _weights_label(record: dict) -> str:
+    weights = record["weights"]
+    if weights.get("sha256") is None:
+        return str(weights.get("path"))
+    return f"{Path(weights['path']).name} ({weights['sha256'][:8]})"
+
+
+def _format_value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return " ".join(_format_value(item) for item in value)
+    if isinstance(value, dict):
+        return " ".join(f"{key}={_format_value(item)}" for key, item in value.items())
+    return str(value)
+
+
+IDENTITY_COLUMNS = ("protocol", "backbone", "weights", "dataset")
+
+
+def _identity(record: dict) -> dict[str, str]:
+    return {
+        "protocol": record["protocol"],
+        "backbone": record["backbone"],
+        "weights": _weights_label(record),
+        "dataset": record["dataset"],
+    }
+
+
+def table_rows(records: list[dict], metric: str | None) -> tuple[list[str], list[list[str]], int | None, str]:
+    """(header, rows, index of the best row, caption) shared by the rich, markdown and CSV renderings.
+
+    Identity columns (protocol, backbone, weights, dataset) shared by every row move to the caption."""
+    identities = [_identity(record) for record in records]
+    varying = [name for name in IDENTITY_COLUMNS if len({identity[name] for identity in identities}) > 1]
+    shared = [identities[0][name] for name in IDENTITY_COLUMNS if name not in varying] if records else []
+    params = _varying_params(records)
+    metrics = _metric_names(records)
+    header = ["run", *varying, *params, *metrics, "wall_time_s"]
+    best = best_record(records, metric)
+    rows = []
+    for record, identity in zip(records, identities, strict=True):
+        rows.append(
+            [
+                str(record.get("run", "-")),
+                *(identity[name] for name in varying),
+                *(_format_value(record["params"].get(name)) for name in params),
+                *(_metric_format(record["metrics"].get(name)) for name in metrics),
+                f"{record['wall_time_s']:.1f}",
+            ]
+        )
+    best_index = next((index for index, record in enumerate(records) if record is best), None)
+    return header, rows, best_index, " · ".join(shared)
+
+
+def _metric_format(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def rich_table(records: list[dict], metric: str | None, title: str) -> Table:
+    """A rich table of the records; the best row (by `metric`) is bold and marked with ★."""
+    header, rows, best_index, shared = table_rows(records, metric)
+    caption = "\n".join(part for part in (shared, None if metric is None else f"★ best by {metric}") if part)
+    table = Table(title=title, caption=caption or None)
+    table.add_column("", no_wrap=True)
+    for name in header:
+        table.add_column(name, justify="left" if name == "run" or name in IDENTITY_COLUMNS else "right")
+    for index, row in enumerate(rows):
+        is_best = index == best_index
+        table.add_row("★" if is_best else "", *row, style="bold green" if is_best else None)
+    return table
+
+
+def print_table(records: list[dict], metric: str | None, title: str, console: Console | None = None) -> None:
+    """Print the records as a rich table (to stdout unless a console is given; never squeezed off a TTY)."""
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=240)
+    console.print(rich_table(records, metric, title))
+
+
+def to_markdown(records: list[dict], metric: str | None) -> str:
+    """A GitHub-markdown table (shared identity columns in a line above); the best row's cells are bold."""
+    header, rows, best_index, shared = table_rows(records, metric)
+    lines = [f"{shared}\n"] if shared else []
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for index, row in enumerate(rows):
+        cells = [f"**{cell}**" for cell in row] if index == best_index else row
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(records: list[dict], metric: str | None) -> str:
+    """CSV, one row per record: every identity column, the varying params, the metrics and a `best` flag."""
+    params = _varying_params(records)
+    metrics = _metric_names(records)
+    best = best_record(records, metric)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["run", *IDENTITY_COLUMNS, "weights_sha256", *params, *metrics, "wall_time_s", "best"])
+    for record in records:
+        identity = _identity(record)
+        writer.writerow(
+            [
+                record.get("run", ""),
+                *(identity[name] for name in IDENTITY_COLUMNS[:2]),
+                record["weights"].get("path"),
+                identity["dataset"],
+                record["weights"].get("sha256") or "",
+                *(json.dumps(record["params"].get(name)) for name in params),
+                *(record["metrics"].get(name, "") for name in metrics),
+                record["wall_time_s"],
+                int(record is best),
+            ]
+        )
+    return buffer.getvalue()

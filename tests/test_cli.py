@@ -1,4 +1,4 @@
-"""The command line: every subcommand is listed, and bad input exits 1 with one line instead of a traceback."""
+"""The command line: every subcommand is listed."""
 
 from typer.testing import CliRunner
 

@@ -297,3 +297,17 @@ def test_parse_voc_xml_converts_boxes_and_refuses_unknown_classes(tmp_path):
     broken.write_text("<annotation><size>")
     with pytest.raises(UserError, match=str(broken)):
         parse_voc_xml(broken, VOC_CLASSES)
+
+
+def test_val_missing_a_train_class_is_reindexed_by_train_classes(tmp_path):
+    for split, classes in (("train", ("ant", "bee", "cat")), ("val", ("ant", "cat"))):
+        for name in classes:
+            _write_png(tmp_path / split / name / "a.png")
+    train, val = image_folder(tmp_path / "train"), image_folder(tmp_path / "val")
+    assert val.targets == [0, 1]
+    with pytest.warns(UserWarning, match="bee"):
+        check_same_classes(train, val)
+    assert val.targets == [0, 2]
+    assert [label for _, label in val.samples] == [0, 2]
+    assert val.classes == ["ant", "bee", "cat"]
+    assert val[1][1] == 2

@@ -19,6 +19,8 @@ from vicregl_cli.pretrain.model import LossWeights, VICRegL
 
 BATCH = 8  # 2 processes x 4 samples
 SIZES = (64, 64, 32, 32)  # two large views (2 x 2 grid), two small views (1 x 1)
+LOGGED_TERMS = ("loss", "global_inv", "global_var", "global_cov", "local_inv", "local_var", "local_cov",
+                "probe_loss", "probe_top1")
 
 
 def make_model() -> VICRegL:
@@ -46,7 +48,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     from vicregl_cli.distributed import init_distributed
     from vicregl_cli.errors import UserError
     from vicregl_cli.pretrain.config import PretrainConfig
-    from vicregl_cli.pretrain.engine import _wrap, plan_run
+    from vicregl_cli.pretrain.engine import _log_record, _wrap, plan_run
 
     env = init_distributed("cpu")
     batch_error = ""
@@ -62,11 +64,16 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     part = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
     outputs = wrapped([v[part] for v in views], [p[part] for p in positions], labels[part])
     outputs["loss"].backward()
+    record = _log_record(outputs, 0, 1, 0.1, BATCH, (0.0, 0), env)  # every rank joins its all_reduce
     loss = outputs["loss"].detach().clone()
     dist.all_reduce(loss)
     if rank == 0:
         grads = {name: p.grad.clone() for name, p in model.named_parameters()}
-        torch.save({"loss": loss / world, "grads": grads, "batch_error": batch_error}, out)
+        local = {key: float(outputs[key]) for key in LOGGED_TERMS}
+        torch.save(
+            {"loss": loss / world, "grads": grads, "batch_error": batch_error, "record": record, "local": local},
+            out,
+        )
     dist.barrier()
     dist.destroy_process_group()
 
@@ -89,6 +96,12 @@ def test_two_gloo_processes_equal_one_process_with_the_whole_batch(tmp_path: Pat
     outputs = model(*make_inputs())
     outputs["loss"].backward()
     torch.testing.assert_close(distributed["loss"], outputs["loss"].detach(), rtol=1e-5, atol=1e-5)
+    # stats.jsonl shows the one-process values: the loss terms are averaged over the ranks for logging
+    # (rank 0's own invariance terms, computed on its half of the batch, differ from them)
+    one_process = {key: float(outputs[key]) for key in LOGGED_TERMS}
+    for key in LOGGED_TERMS:
+        assert abs(distributed["record"][key] - one_process[key]) < 1e-5, key
+    assert any(abs(distributed["local"][key] - one_process[key]) > 1e-3 for key in ("global_inv", "local_inv"))
     compared = 0
     for name, parameter in model.named_parameters():
         torch.testing.assert_close(distributed["grads"][name], parameter.grad, rtol=1e-5, atol=1e-5, msg=name)

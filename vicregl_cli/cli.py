@@ -14,11 +14,6 @@ app = typer.Typer(
 )
 
 
-def _not_implemented(command: str) -> None:
-    typer.echo(f"vicregl {command}: not implemented yet", err=True)
-    raise typer.Exit(code=2)
-
-
 @app.command()
 def pretrain(
     config: Path = typer.Option(None, "--config", help="YAML preset (configs/pretrain/); flags override it"),

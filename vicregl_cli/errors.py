@@ -2,4 +2,4 @@
 
 
 class UserError(ValueError):
-    """Bad input from the user (path, checkpoint, option); the message says what is wrong and how to fix it."""
+    """Bad input (path, checkpoint, option); the message says what is wrong and how to fix it."""

@@ -23,7 +23,7 @@ console = Console(stderr=True)
 
 @dataclass
 class Tracker:
-    """Advances a task and shows `fields` (loss, lr, ...) beside it; prints a line every `log_every` steps off a TTY."""
+    """Advances a task and shows `fields` (loss, lr, ...); off a TTY, prints a line every `log_every` steps."""
 
     description: str
     total: int

@@ -6,6 +6,7 @@ the unreadable file, so a wrong path fails in a second instead of deep inside a 
 
 from __future__ import annotations
 
+import warnings
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -71,15 +72,32 @@ def image_folder(root: Path, transform: Callable[[Image.Image], Any] | None = No
 
 
 def check_same_classes(train: ImageFolderDataset, val: ImageFolderDataset) -> None:
-    """Refuse a train/val pair whose class folders differ: the labels would mean different classes."""
+    """Index val by train's classes; refuse val classes train lacks (their labels would mean nothing).
+
+    A train class absent from val is allowed (it still receives votes and logits) and named in a warning;
+    val's labels are re-indexed in place so that label k means train.classes[k] in both splits.
+    """
+    only_val = sorted(set(val.classes) - set(train.classes))
+    if only_val:
+        only_train = sorted(set(train.classes) - set(val.classes))
+        raise UserError(
+            f"train ({train.root}) and val ({val.root}) have different classes: "
+            f"only in train: {', '.join(only_train) or '-'}; only in val: {', '.join(only_val)}"
+        )
     if list(train.classes) == list(val.classes):
         return
-    only_train = sorted(set(train.classes) - set(val.classes))
-    only_val = sorted(set(val.classes) - set(train.classes))
-    raise UserError(
-        f"train ({train.root}) and val ({val.root}) have different classes: "
-        f"only in train: {', '.join(only_train) or '-'}; only in val: {', '.join(only_val) or '-'}"
+    absent = sorted(set(train.classes) - set(val.classes))
+    warnings.warn(
+        f"{len(absent)} train class(es) have no val folder: {', '.join(absent[:10])}"
+        f"{' ...' if len(absent) > 10 else ''}; val labels follow train's class indices",
+        stacklevel=2,
     )
+    to_train_index = [train.class_to_idx[name] for name in val.classes]
+    val.samples = [(path, to_train_index[label]) for path, label in val.samples]
+    val.imgs = val.samples
+    val.targets = [label for _, label in val.samples]
+    val.classes = list(train.classes)
+    val.class_to_idx = dict(train.class_to_idx)
 
 
 def voc_class_names(voc_root: Path) -> list[str]:

@@ -183,7 +183,7 @@ def check_config(config: LinearConfig) -> None:
 
 
 def open_datasets(data: Path, train_transform, val_transform):
-    """`data/train` and `data/val` as image folders with identical classes (UserError otherwise)."""
+    """`data/train` and `data/val` as image folders, val indexed by train's classes (UserError for others)."""
     from vicregl_cli.data.readers import check_same_classes, image_folder
 
     train_set = image_folder(Path(data) / "train", train_transform)

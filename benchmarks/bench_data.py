@@ -4,7 +4,8 @@ Both decode a 500 × 375 JPEG file per image (as a data loader does) and produce
 with every colour augmentation and the positions of their grid cells. The baseline re-implements the
 reference VICRegL transform with torchvision's v1 transforms on PIL images; ours is `MultiCropTransform` on
 uint8 tensors. Rounds alternate between the pipelines so that a busy machine slows them alike; the best round
-of each is reported, as images per wall-clock second and per second of the thread's CPU time.
+of each is reported, as images per wall-clock second and per second of the thread's CPU time, and the
+median over rounds of the CPU-time ratio to the reference (steadier on a shared machine).
 
     python benchmarks/bench_data.py [--rounds 5] [--images 40]
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -124,6 +126,7 @@ def main() -> None:
     }
     best_wall = dict.fromkeys(pipelines, 0.0)
     best_cpu = dict.fromkeys(pipelines, 0.0)
+    round_cpu: dict[str, list[float]] = {name: [] for name in pipelines}
     with tempfile.TemporaryDirectory() as folder:
         path = write_test_jpeg(Path(folder) / "image.jpg")
         for pipeline in pipelines.values():
@@ -132,6 +135,7 @@ def main() -> None:
             for name, pipeline in pipelines.items():
                 wall, cpu = images_per_second(pipeline, path, args.images)
                 best_wall[name], best_cpu[name] = max(best_wall[name], wall), max(best_cpu[name], cpu)
+                round_cpu[name].append(cpu)
     print(
         f"multi-crop {config.large_count} x {config.large_size} + "
         f"{config.small_count} x {config.small_size}, "
@@ -145,6 +149,13 @@ def main() -> None:
         print(
             f"  speed-up of {name}: {best_wall[name] / reference_wall:.2f}x wall-clock, "
             f"{best_cpu[name] / reference_cpu:.2f}x CPU time"
+        )
+        # Rounds run back to back, so the ratio within a round sees the same machine load.
+        reference_rounds = round_cpu["reference (PIL)"]
+        ratios = [ours / base for ours, base in zip(round_cpu[name], reference_rounds, strict=True)]
+        print(
+            f"    CPU-time ratio per round: median {statistics.median(ratios):.2f}x "
+            f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x)"
         )
 
 

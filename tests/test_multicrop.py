@@ -222,12 +222,18 @@ def test_colour_ops_match_torchvision():
     got = photometric.adjust_hue_(images.clone(), shifts.view(4, 1, 1, 1))
     assert torch.allclose(got, torchvision_each(TF.adjust_hue, shifts), atol=1e-2)
     gray = TF.rgb_to_grayscale(images / 255, num_output_channels=3) * 255
-    assert torch.allclose(photometric.grayscale_(images.clone()), gray, atol=0.05)
+    zeros, ones = torch.zeros(4, 1, 1, 1), torch.ones(4, 1, 1, 1)  # the recipe's grayscale blend (0, 1, 0)
+    assert torch.allclose(photometric.blend_(images.clone(), zeros, ones, None), gray, atol=0.05)
     assert torch.equal(
         photometric.solarize_(images.clone()), torch.where(images >= 128, 255 - images, images)
     )
     normalised = photometric.normalize_(images.clone())
     assert torch.allclose(normalised, (images / 255 - MEAN) / STD, atol=1e-5)
+
+
+def test_hue_shifts_beyond_the_unwrapped_range_are_refused():
+    with pytest.raises(ValueError, match="hue shifts"):
+        photometric.adjust_hue_(float_images(2), torch.tensor([0.1, -0.2]).view(2, 1, 1, 1))
 
 
 def reference_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -239,7 +245,7 @@ def reference_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(padded, kernel2d.view(1, 1, 17, 17)).squeeze(1).float()
 
 
-@pytest.mark.parametrize("size", [24, 96])
+@pytest.mark.parametrize("size", [24, 96, 160])
 def test_gaussian_blur_matches_a_plain_convolution(size):
     images = float_images(3, size)
     sigmas = [0.1, 0.9, 2.0]

@@ -352,11 +352,13 @@ def test_dry_run_prints_the_plan_without_training(train_dir, tmp_path):
     result = CliRunner().invoke(app, [
         "pretrain", "--config", str(REPO / "configs/pretrain/demo.yaml"), "--data", str(train_dir),
         "--out", str(tmp_path / "dry"), "--batch-size", "8", "--epochs", "3", "--base-lr", "0.4", "--dry-run",
-        "--crop-sizes", "64,64", "--num-matches", "2,2", "--device", "cpu",
+        "--crop-sizes", "64,64", "--crop-counts", "2,2", "--crop-min-scales", "0.2,0.05",
+        "--crop-max-scales", "1,0.2", "--num-matches", "2,2", "--device", "cpu",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     printed = yaml.safe_load(result.output.split("world_size")[0])["config"]
     assert printed["batch_size"] == 8 and printed["crop_sizes"] == [64, 64]
+    assert printed["crop_counts"] == [2, 2]
     lines = [line for line in result.output.splitlines() if ": " in line and not line.startswith(" ")]
     figures = dict(line.split(": ", 1) for line in lines)
     assert figures["world_size"] == "1" and figures["steps_per_epoch"] == "3"

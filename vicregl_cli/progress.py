@@ -23,7 +23,7 @@ console = Console(stderr=True)
 
 @dataclass
 class Tracker:
-    """Advances a task and shows `fields` (loss, lr, ...); off a TTY, prints a line every `log_every` steps."""
+    """Advances a task and shows `fields` (loss, lr); off a TTY, prints a line every `log_every` steps."""
 
     description: str
     total: int

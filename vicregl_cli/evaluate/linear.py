@@ -225,10 +225,42 @@ def _params(config: LinearConfig, lr: float, extractor) -> dict:
     return {**params, "lr": lr, "bn_recalibration": extractor.identity["bn_recalibration"]}
 
 
+
+def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
+    """The module itself in one process; DistributedDataParallel over it under torchrun."""
+    from vicregl_cli.distributed import world_size
+
+    if world_size() == 1:
+        return module
+    return nn.parallel.DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
+
+
+def shuffled_loader(
+    dataset, batch_size: int, seed: int, num_workers: int, device: torch.device
+) -> DataLoader:
+    """Seeded shuffling of `dataset`, sharded over ranks; `batch_size` is the total over all processes."""
+    from vicregl_cli.distributed import world_size
+
+    world = world_size()
+    if batch_size % world:
+        raise UserError(f"--batch-size {batch_size} is not divisible by the {world} processes")
+    if world > 1:
+        sampler = DistributedSampler(dataset, shuffle=True, seed=seed)
+    else:
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size // world,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=num_workers > 0,
+    )
+
 def train_linear_point(config: LinearConfig, point: SweepPoint, run_dir: Path) -> dict:
     """One learning rate of the protocol: augmented train images through the frozen backbone, val
     features from the cache (the centre-crop view never changes); DDP over the head under torchrun."""
-    from vicregl_cli.distributed import is_main_process, world_size
+    from vicregl_cli.distributed import is_main_process
     from vicregl_cli.evaluate.features import eval_transform, resolve_weights, setup_device, train_transform
     from vicregl_cli.report import make_result
 
@@ -247,25 +279,8 @@ def train_linear_point(config: LinearConfig, point: SweepPoint, run_dir: Path) -
     extractor.prepare()
     backbone = extractor.model
     head = new_head(backbone.spec.representation_size, len(train_set.classes), config.seed).to(device)
-    trained_head: nn.Module = head
-    world = world_size()
-    if world > 1:
-        trained_head = nn.parallel.DistributedDataParallel(
-            head, device_ids=[device] if device.type == "cuda" else None
-        )
-        sampler = DistributedSampler(train_set, shuffle=True, seed=config.seed)
-    else:
-        sampler = RandomSampler(train_set, generator=torch.Generator().manual_seed(config.seed))
-    if config.batch_size % world:
-        raise UserError(f"--batch-size {config.batch_size} is not divisible by the {world} processes")
-    loader = DataLoader(
-        train_set,
-        batch_size=config.batch_size // world,
-        sampler=sampler,
-        num_workers=config.num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=config.num_workers > 0,
-    )
+    trained_head = wrap_ddp(head, device)
+    loader = shuffled_loader(train_set, config.batch_size, config.seed, config.num_workers, device)
     optimizer = torch.optim.SGD(
         head.parameters(), lr=lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
@@ -278,8 +293,8 @@ def train_linear_point(config: LinearConfig, point: SweepPoint, run_dir: Path) -
     backbone.eval()
     with track(f"linear lr={lr:g}", total=config.epochs * len(loader), enabled=is_main_process()) as tracker:
         for epoch in range(config.epochs):
-            if isinstance(sampler, DistributedSampler):
-                sampler.set_epoch(epoch)
+            if isinstance(loader.sampler, DistributedSampler):
+                loader.sampler.set_epoch(epoch)
             for images, labels in loader:
                 with torch.no_grad():
                     _, pooled = backbone(images.to(device, non_blocking=True))

@@ -12,10 +12,18 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
+from torch.utils.data import DistributedSampler, Subset
 
 from vicregl_cli.errors import UserError
-from vicregl_cli.evaluate.linear import BestAccuracy, cosine_factor, new_head, open_datasets, topk_correct
+from vicregl_cli.evaluate.linear import (
+    BestAccuracy,
+    cosine_factor,
+    new_head,
+    open_datasets,
+    shuffled_loader,
+    topk_correct,
+    wrap_ddp,
+)
 from vicregl_cli.progress import track
 from vicregl_cli.sweep import SlurmOptions, SweepPoint, point_name, run_sweep
 
@@ -142,7 +150,7 @@ def train_semi_point(config: SemiConfig, point: SweepPoint, run_dir: Path) -> di
     """One (backbone lr, head lr) point: fine-tune on the labelled subset, BatchNorm in train mode, DDP under
     torchrun; evaluate after every epoch."""
     from vicregl_cli.backbones import load_backbone
-    from vicregl_cli.distributed import is_main_process, world_size
+    from vicregl_cli.distributed import is_main_process
     from vicregl_cli.evaluate.features import eval_transform, resolve_weights, setup_device, train_transform
     from vicregl_cli.report import make_result
 
@@ -160,25 +168,9 @@ def train_semi_point(config: SemiConfig, point: SweepPoint, run_dir: Path) -> di
     backbone = load_backbone(config.backbone, weights)
     head = new_head(backbone.spec.representation_size, len(train_set.classes), config.seed)
     model = Classifier(backbone, head).to(device)
-    trained: nn.Module = model
-    world = world_size()
-    subset = Subset(train_set, labelled)
-    if world > 1:
-        trained = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device] if device.type == "cuda" else None
-        )
-        sampler = DistributedSampler(subset, shuffle=True, seed=config.seed)
-    else:
-        sampler = RandomSampler(subset, generator=torch.Generator().manual_seed(config.seed))
-    if config.batch_size % world:
-        raise UserError(f"--batch-size {config.batch_size} is not divisible by the {world} processes")
-    loader = DataLoader(
-        subset,
-        batch_size=config.batch_size // world,
-        sampler=sampler,
-        num_workers=config.num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=config.num_workers > 0,
+    trained = wrap_ddp(model, device)
+    loader = shuffled_loader(
+        Subset(train_set, labelled), config.batch_size, config.seed, config.num_workers, device
     )
     optimizer = torch.optim.SGD(
         [{"params": backbone.parameters(), "lr": lr_backbone}, {"params": head.parameters(), "lr": lr_head}],
@@ -193,8 +185,8 @@ def train_semi_point(config: SemiConfig, point: SweepPoint, run_dir: Path) -> di
     title = f"semi {point.name}"
     with track(title, total=config.epochs * len(loader), enabled=is_main_process()) as tracker:
         for epoch in range(config.epochs):
-            if isinstance(sampler, DistributedSampler):
-                sampler.set_epoch(epoch)
+            if isinstance(loader.sampler, DistributedSampler):
+                loader.sampler.set_epoch(epoch)
             trained.train()
             for images, labels in loader:
                 logits = trained(images.to(device, non_blocking=True))

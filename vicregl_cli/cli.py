@@ -295,7 +295,7 @@ def detect(
     dataset: str = typer.Option(..., help="voc (one VOC folder: train -> val), voc0712, coco, coco-10pct"),
     data_root: Path = typer.Option(..., help="VOC folder, VOCdevkit (voc0712) or COCO root"),
     out: Path = typer.Option(..., help="Output: sweep folder (one run per lr), or the .pkl + config"),
-    weights: str = typer.Option("random", help="Backbone weights (any format the registry reads) or random"),
+    weights: str = typer.Option(..., help="Backbone weights (any format the registry reads) or random"),
     backbone: str = typer.Option(None, help="Registry name; default: the name stored in the weights file"),
     engine: str = typer.Option(None, help="detectron2 or torchvision (default: detectron2 when installed)"),
     lr: list[str] = typer.Option(None, "--lr", help="Learning rates (a sweep): --lr 0.02 0.01 (0.02 x B/16)"),

@@ -314,3 +314,22 @@ def frozen_extractor(
         bn_batches=bn_batches,
         seed=seed,
     )
+
+
+def extractor_from_config(config, weights: Path | None, device: torch.device, bn_dataset) -> FeatureExtractor:
+    """`frozen_extractor` with the options the frozen protocols' configs share (backbone, batch_size, resize,
+    image_size, num_workers, cache_dir, recalibrate_bn, bn_batches, seed)."""
+    return frozen_extractor(
+        config.backbone,
+        weights,
+        device=device,
+        batch_size=config.batch_size,
+        resize=config.resize,
+        crop=config.image_size,
+        num_workers=config.num_workers,
+        cache_dir=config.cache_dir,
+        bn_dataset=bn_dataset,
+        recalibrate_bn=config.recalibrate_bn,
+        bn_batches=config.bn_batches,
+        seed=config.seed,
+    )

@@ -183,7 +183,12 @@ def run_knn(config: KnnConfig) -> dict:
     """Check the inputs, extract (or load cached) train / val features, evaluate each k, write result.json."""
     from vicregl_cli.data.readers import check_same_classes, image_folder
     from vicregl_cli.distributed import is_main_process
-    from vicregl_cli.evaluate.features import eval_transform, frozen_extractor, resolve_weights, setup_device
+    from vicregl_cli.evaluate.features import (
+        eval_transform,
+        extractor_from_config,
+        resolve_weights,
+        setup_device,
+    )
     from vicregl_cli.report import make_result, print_table, write_result
 
     started = time.perf_counter()
@@ -196,20 +201,7 @@ def run_knn(config: KnnConfig) -> dict:
     if config.temperature <= 0:
         raise UserError(f"--temperature must be positive, got {config.temperature}")
     device = setup_device(config.device)
-    extractor = frozen_extractor(
-        config.backbone,
-        weights,
-        device=device,
-        batch_size=config.batch_size,
-        resize=config.resize,
-        crop=config.image_size,
-        num_workers=config.num_workers,
-        cache_dir=config.cache_dir,
-        bn_dataset=train_set,
-        recalibrate_bn=config.recalibrate_bn,
-        bn_batches=config.bn_batches,
-        seed=config.seed,
-    )
+    extractor = extractor_from_config(config, weights, device, train_set)
     train_features, train_labels = extractor.features(train_set, "train features")
     val_features, val_labels = extractor.features(val_set, "val features")
     metrics = knn_evaluate(

@@ -192,25 +192,6 @@ def open_datasets(data: Path, train_transform, val_transform):
     return train_set, val_set
 
 
-def _extractor(config: LinearConfig, weights: Path | None, device: torch.device, bn_dataset):
-    from vicregl_cli.evaluate.features import frozen_extractor
-
-    return frozen_extractor(
-        config.backbone,
-        weights,
-        device=device,
-        batch_size=config.batch_size,
-        resize=config.resize,
-        crop=config.image_size,
-        num_workers=config.num_workers,
-        cache_dir=config.cache_dir,
-        bn_dataset=bn_dataset,
-        recalibrate_bn=config.recalibrate_bn,
-        bn_batches=config.bn_batches,
-        seed=config.seed,
-    )
-
-
 def _params(config: LinearConfig, lr: float, extractor) -> dict:
     skipped = (
         "out",
@@ -261,7 +242,13 @@ def train_linear_point(config: LinearConfig, point: SweepPoint, run_dir: Path) -
     """One learning rate of the protocol: augmented train images through the frozen backbone, val
     features from the cache (the centre-crop view never changes); DDP over the head under torchrun."""
     from vicregl_cli.distributed import is_main_process
-    from vicregl_cli.evaluate.features import eval_transform, resolve_weights, setup_device, train_transform
+    from vicregl_cli.evaluate.features import (
+        eval_transform,
+        extractor_from_config,
+        resolve_weights,
+        setup_device,
+        train_transform,
+    )
     from vicregl_cli.report import make_result
 
     started = time.perf_counter()
@@ -274,7 +261,7 @@ def train_linear_point(config: LinearConfig, point: SweepPoint, run_dir: Path) -
     )
     bn_set = copy.copy(train_set)
     bn_set.transform = eval_view
-    extractor = _extractor(config, weights, device, bn_set)
+    extractor = extractor_from_config(config, weights, device, bn_set)
     val_features, val_labels = extractor.features(val_set, "val features")
     extractor.prepare()
     backbone = extractor.model
@@ -349,13 +336,13 @@ def run_linear(config: LinearConfig, slurm: SlurmOptions | None = None) -> list[
 def _train_cached(config: LinearConfig, weights: Path | None, eval_view, pending: list[SweepPoint]) -> dict:
     """Train the pending learning rates together on cached centre-crop features; one record per point."""
     from vicregl_cli.distributed import is_main_process
-    from vicregl_cli.evaluate.features import setup_device
+    from vicregl_cli.evaluate.features import extractor_from_config, setup_device
     from vicregl_cli.report import make_result
 
     started = time.perf_counter()
     device = setup_device(config.device)
     train_set, val_set = open_datasets(config.data, eval_view, eval_view)
-    extractor = _extractor(config, weights, device, train_set)
+    extractor = extractor_from_config(config, weights, device, train_set)
     train_features, train_labels = extractor.features(train_set, "train features")
     val_features, val_labels = extractor.features(val_set, "val features")
     lrs = [point.params["lr"] for point in pending]

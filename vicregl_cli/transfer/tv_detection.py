@@ -468,11 +468,14 @@ def _to(target: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
 
 
 @torch.no_grad()
+@torch.no_grad()
 def precise_bn(
     model: GeneralizedRCNN, data: DetectionData, settings: DetectionSettings, device: torch.device
 ) -> None:
     """PreciseBN: re-estimate every BatchNorm's statistics as the plain mean over `precise_bn_iters` training
     batches (train-mode forward, no update), as detectron2's hook does before evaluation."""
+    from vicregl_cli.progress import track
+
     norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
     if settings.precise_bn_iters <= 0 or not norms:
         return
@@ -482,9 +485,12 @@ def precise_bn(
         norm.momentum = None  # cumulative average
     batches = train_loader(data.train, replace(settings, seed=settings.seed + 1))
     model.train()
-    for _ in range(settings.precise_bn_iters):
-        images, targets = next(batches)
-        model([image.to(device) for image in images], [_to(t, device) for t in targets])
+    iterations = settings.precise_bn_iters
+    with track("PreciseBN", iterations, log_every=max(1, iterations // 5)) as tracker:
+        for _ in range(settings.precise_bn_iters):
+            images, targets = next(batches)
+            model([image.to(device) for image in images], [_to(t, device) for t in targets])
+            tracker.advance()
     for norm, momentum in zip(norms, momenta, strict=True):
         norm.momentum = momentum
 

@@ -8,6 +8,7 @@ section names the dataset layout the launcher registers.
 
 from __future__ import annotations
 
+import functools
 import pickle
 import re
 from dataclasses import dataclass
@@ -418,19 +419,19 @@ def run_detect(
     out = Path(out)
     if export_only and len(lrs) > 1:
         raise UserError("--export-only writes one config: give at most one --lr")
+    export_here = functools.partial(
+        export,
+        backbone,
+        weights,
+        out,
+        dataset=dataset,
+        data_root=Path(data_root),
+        class_names=class_names,
+        batch_size=settings.batch_size,
+        iters=iters,
+    )
     if export_only:
-        result = export(
-            backbone,
-            weights,
-            out,
-            dataset=dataset,
-            data_root=Path(data_root),
-            class_names=class_names,
-            batch_size=settings.batch_size,
-            base_lr=lrs[0] if lrs else None,
-            iters=iters,
-        )
-        return result
+        return export_here(base_lr=lrs[0] if lrs else None)
     grid = lrs or [0.02 * settings.batch_size / 16]
     if iters is not None:
         settings = replace(settings, iters=iters)
@@ -454,16 +455,7 @@ def run_detect(
             "--engine detectron2: detectron2 is not installed (use --export-only here and "
             "train on the cluster, or --engine torchvision)"
         )
-    exported = export(
-        backbone,
-        weights,
-        out,
-        dataset=dataset,
-        data_root=Path(data_root),
-        class_names=class_names,
-        batch_size=settings.batch_size,
-        iters=iters,
-    )
+    exported = export_here()
     points = [
         SweepPoint(
             point_name("", lr=float(lr)),

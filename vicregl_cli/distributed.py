@@ -129,6 +129,18 @@ def read_launch_env(environ: Mapping[str, str]) -> LaunchEnv:
     )
 
 
+def resolve_device(device: str | None) -> str:
+    """`--device`: None or "auto" -> "cuda" when a GPU is visible, else "cpu"; "cuda" without a GPU is an error."""
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    kind = torch.device(device).type
+    if kind not in ("cuda", "cpu"):
+        raise UserError(f"--device must be auto, cuda or cpu, got {device!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA GPU is visible; pass --device cpu")
+    return device
+
+
 def init_distributed(device: str) -> DistEnv:
     """Join the process group the launcher describes (NCCL on cuda, gloo on cpu); one process needs none.
 

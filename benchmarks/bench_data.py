@@ -26,8 +26,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image, ImageFilter, ImageOps
 from torchvision.io import decode_jpeg, read_file
 
+from vicregl_cli.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from vicregl_cli.data.multicrop import MULTICROP_PRESETS, MultiCropConfig, MultiCropTransform
-from vicregl_cli.data.photometric import IMAGENET_MEAN, IMAGENET_STD
 
 
 def write_test_jpeg(path: Path, width: int = 500, height: int = 375, seed: int = 0) -> Path:

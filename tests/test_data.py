@@ -13,10 +13,9 @@ from vicregl_cli.cli import app
 from vicregl_cli.data import synthetic
 from vicregl_cli.data.readers import (
     VOC_CLASSES,
-    VOCDetection,
-    VOCSegmentation,
     check_same_classes,
     image_folder,
+    load_rgb,
     parse_voc_xml,
     read_mask,
     read_split,
@@ -107,21 +106,21 @@ def test_masks_and_boxes_agree(dataset):
     voc = dataset / "VOC2012"
     palette = synthetic.voc_palette()
     for split in ("train", "val"):
-        segmentation = VOCSegmentation(voc, split)
-        detection = VOCDetection(voc, split)
-        assert segmentation.ids == detection.ids
-        for index in range(len(segmentation)):
-            image, mask = segmentation[index]
-            _, annotation = detection[index]
-            where = str(detection.annotation_path(index))
+        ids = read_split(voc, "Segmentation", split)
+        assert read_split(voc, "Main", split) == ids
+        for name in ids:
+            image = load_rgb(voc / "JPEGImages" / f"{name}.jpg")
+            mask = read_mask(voc / "SegmentationClass" / f"{name}.png")
+            where = str(voc / "Annotations" / f"{name}.xml")
+            annotation = parse_voc_xml(voc / "Annotations" / f"{name}.xml", voc_class_names(voc))
             assert image.size == (annotation.width, annotation.height) == (96, 96)
-            assert annotation.filename == f"{segmentation.ids[index]}.jpg"
+            assert annotation.filename == f"{name}.jpg"
             assert mask.dtype == np.uint8 and mask.shape == (96, 96)
             in_mask = set(np.unique(mask).tolist()) - {0, 255}
             assert in_mask == {int(label) + 1 for label in annotation.labels}, where
             assert (mask == 255).any() and not annotation.difficult.any()
             _check_boxes_against_mask(mask, annotation.boxes, annotation.labels, where)
-    with Image.open(segmentation.mask_path(0)) as written:
+    with Image.open(voc / "SegmentationClass" / f"{ids[0]}.png") as written:
         assert written.mode == "P" and written.getpalette()[:48] == list(palette[:48])
 
 
@@ -250,29 +249,23 @@ def test_image_folder_errors_name_the_problem(tmp_path):
 
 def test_voc_errors_name_the_problem(dataset, tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        VOCSegmentation(tmp_path / "missing", "train")
+        read_split(tmp_path / "missing", "Segmentation", "train")
     with pytest.raises(UserError, match="did you mean"):
-        VOCDetection(dataset, "train")
+        read_split(dataset, "Main", "train")
     with pytest.raises(UserError, match="test.txt does not exist"):
         read_split(dataset / "VOC2012", "Segmentation", "test")
     voc = tmp_path / "VOC2012"
     (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
     (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("\n")
     with pytest.raises(UserError, match="is empty"):
-        VOCSegmentation(voc, "train")
-    (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("a\nb\n")
-    _write_png(voc / "JPEGImages" / "a.jpg")
-    _write_png(voc / "JPEGImages" / "b.jpg")
+        read_split(voc, "Segmentation", "train")
     _write_png(voc / "SegmentationClass" / "a.png")
-    with pytest.raises(UserError, match="1 of the 2 masks .* missing.*b.png"):
-        VOCSegmentation(voc, "train")
-    Image.new("P", (8, 8), 3).save(voc / "SegmentationClass" / "b.png")
-    (voc / "JPEGImages" / "b.jpg").write_bytes(b"\xff\xd8\xff truncated")
-    segmentation = VOCSegmentation(voc, "train")
     with pytest.raises(UserError, match="RGB"):
-        segmentation[0]  # a.png was written as an RGB image, not a mask of indices
+        read_mask(voc / "SegmentationClass" / "a.png")  # an RGB image, not a mask of indices
+    (voc / "JPEGImages").mkdir()
+    (voc / "JPEGImages" / "b.jpg").write_bytes(b"\xff\xd8\xff truncated")
     with pytest.raises(UserError, match=str(voc / "JPEGImages" / "b.jpg")):
-        segmentation[1]
+        load_rgb(voc / "JPEGImages" / "b.jpg")
 
 
 def test_parse_voc_xml_converts_boxes_and_refuses_unknown_classes(tmp_path):

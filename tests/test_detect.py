@@ -1,5 +1,6 @@
-"""vicregl detect: detectron2 export (.pkl + configs), the launcher's registrations, the VOC / COCO metrics on
-hand-made predictions, and a two-iteration run of the torchvision C4 engine on synthetic images."""
+"""vicregl detect: the plan of both engines, detectron2 export (.pkl + configs) and run point, the launcher's
+registrations, the VOC / COCO metrics on hand-made predictions, and a two-iteration run of the torchvision C4
+engine on synthetic images."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import pickle
 import subprocess
 import sys
 import types
+from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -16,11 +19,26 @@ import torch
 from torch import nn
 from yacs.config import CfgNode
 
+from vicregl_cli.backbones import weights as weights_module
+from vicregl_cli.backbones.weights import resolve_weights
 from vicregl_cli.errors import UserError
-from vicregl_cli.transfer import detectron2 as d2
+from vicregl_cli.sweep import run_protocol
+from vicregl_cli.transfer import detect, detectron2_run
+from vicregl_cli.transfer import detectron2_config as d2_config
 from vicregl_cli.transfer import detectron2_train as launcher
 from vicregl_cli.transfer import tv_detection as tv
-from vicregl_cli.transfer.voc_eval import ImageDetections, ImageTruth, coco_metrics, voc_metrics
+from vicregl_cli.transfer.detect import DetectConfig
+from vicregl_cli.transfer.tv_detection import data as tv_data
+from vicregl_cli.transfer.tv_detection import engine as tv_engine
+from vicregl_cli.transfer.tv_detection import geometry as tv_geometry
+from vicregl_cli.transfer.tv_detection.model import DetectronRPN
+from vicregl_cli.transfer.voc_eval import (
+    ImageDetections,
+    ImageTruth,
+    coco_metrics,
+    voc_detection_metrics,
+    voc_metrics,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 R50_BLOCKS = {2: 3, 3: 4, 4: 6, 5: 3}
@@ -63,21 +81,26 @@ def synthetic_voc(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, synthetic_voc):
+def tv_resnet50(tmp_path_factory) -> tuple[dict, Path]:
+    """A torchvision ResNet-50 state dict (no stored backbone name) and the file it was saved to."""
     import torchvision
 
-    folder = tmp_path_factory.mktemp("export")
+    folder = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)
     source = torchvision.models.resnet50().state_dict()
     for value in source.values():  # every tensor (BN statistics too) away from its init value
         if value.is_floating_point():
             value.copy_(torch.randn_like(value))
-    weights = folder / "tv_resnet50.pth"
-    torch.save(source, weights)
-    result = d2.run_detect(
-        backbone="resnet50", weights=weights, dataset="voc", data_root=synthetic_voc, out=folder / "out",
-        engine=None, lrs=[], settings=tv.DetectionSettings(), export_only=True,
-    )  # fmt: skip
+    torch.save(source, folder / "tv_resnet50.pth")
+    return source, folder / "tv_resnet50.pth"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, synthetic_voc, tv_resnet50):
+    source, path = tv_resnet50
+    weights = resolve_weights(path, "resnet50")
+    result = detect.export(DetectConfig(dataset="voc", data_root=synthetic_voc), weights,
+                           tmp_path_factory.mktemp("export") / "out")  # fmt: skip
     return source, result
 
 
@@ -94,11 +117,23 @@ def test_export_pkl_is_model_zoo_format_with_r50_names_and_source_values(exporte
     assert "detectron2" not in sys.modules
 
 
+def test_export_reads_the_weights_file_once_in_total(monkeypatch, tmp_path, synthetic_voc, tv_resnet50):
+    reads = mock.Mock(wraps=weights_module.read_weights_file)  # counts calls, returns what the reader does
+    monkeypatch.setattr(weights_module, "read_weights_file", reads)
+    weights = resolve_weights(tv_resnet50[1], "resnet50")
+    config = DetectConfig(dataset="voc", data_root=synthetic_voc, lrs=(0.01,))
+    result = detect.export(config, weights, tmp_path)
+    assert reads.call_count == 1 and Path(reads.call_args.args[0]) == tv_resnet50[1]
+    assert result.weights.is_file() and result.num_tensors == len(expected_r50_keys())
+    with pytest.raises(UserError, match="at most one --lr"):
+        detect.export(replace(config, lrs=(0.1, 0.2)), weights, tmp_path)
+
+
 def test_exported_config_parses_with_yacs_and_names_registered_head_and_datasets(exported, synthetic_voc):
     _, result = exported
     with open(result.config) as handle:
         cfg = CfgNode.load_cfg(handle)
-    assert cfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeadsExtraNorm" == d2.EXTRA_NORM_HEAD
+    assert cfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeadsExtraNorm" == d2_config.EXTRA_NORM_HEAD
     assert cfg.MODEL.WEIGHTS == str(result.weights.resolve())
     classes = (synthetic_voc / "classes.txt").read_text().split()
     assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == len(classes) and list(cfg.VICREGL.CLASS_NAMES) == classes
@@ -112,14 +147,14 @@ def test_exported_config_parses_with_yacs_and_names_registered_head_and_datasets
 
 
 def test_kept_configs_match_generator_and_parse(tmp_path):
-    templates = d2.template_configs()
+    templates = d2_config.template_configs()
     kept = sorted(path.name for path in (REPO / "configs" / "detect").glob("*.yaml"))
     assert kept == sorted(templates)
     for name, config in templates.items():
         with open(REPO / "configs" / "detect" / name) as handle:
             cfg = CfgNode.load_cfg(handle)
         assert cfg == CfgNode(config), name
-        fresh = d2.write_config(tmp_path / name, config).read_text()
+        fresh = d2_config.write_config(tmp_path / name, config).read_text()
         assert fresh == (REPO / "configs" / "detect" / name).read_text(), f"{name} is stale: regenerate it"
     voc = templates["voc0712_R_50_C4_24k.yaml"]
     assert voc["DATASETS"]["TRAIN"] + voc["DATASETS"]["TEST"] == list(launcher.VOC_SPLITS)
@@ -128,11 +163,11 @@ def test_kept_configs_match_generator_and_parse(tmp_path):
 
 
 def test_iters_rescale_the_schedule():
-    config = d2.build_config("voc_R_50_C4_24k", dataset="voc0712", data_root="d", weights="w", iters=2400,
-                             batch_size=8)  # fmt: skip
+    config = d2_config.build_config("voc_R_50_C4_24k", dataset="voc0712", data_root="d", weights="w",
+                                    iters=2400, batch_size=8)  # fmt: skip
     assert config["SOLVER"]["STEPS"] == [1800, 2200] and config["SOLVER"]["BASE_LR"] == pytest.approx(0.01)
     with pytest.raises(UserError, match="no detectron2 counterpart"):
-        d2.build_config(
+        d2_config.build_config(
             "voc_R_50_C4_24k", dataset="voc", data_root="d", weights="w", backbone_name="resnet18"
         )
 
@@ -193,7 +228,7 @@ def test_launcher_registers_extra_norm_head_and_voc_datasets(monkeypatch, export
     fake = _install_fake_detectron2(monkeypatch)
     _, result = exported
     launcher.register_extra_norm_head()
-    head_class = fake["roi"][d2.EXTRA_NORM_HEAD]
+    head_class = fake["roi"][d2_config.EXTRA_NORM_HEAD]
     cfg = types.SimpleNamespace(MODEL=types.SimpleNamespace(RESNETS=types.SimpleNamespace(NORM="BN")))
     head = head_class(cfg, None)
     assert list(head.res5._modules) == ["0", "1", "norm"] and head.res5.norm.num_features == 8
@@ -223,7 +258,7 @@ def test_launcher_arguments_and_missing_detectron2(tmp_path, exported):
         launcher.parse_args(["--config", str(tmp_path / "missing.yaml")])
     with pytest.raises(SystemExit):
         launcher.parse_args(["--config", str(result.config), "SOLVER.BASE_LR"])
-    if d2.detectron2_importable():
+    if detectron2_run.detectron2_importable():
         pytest.skip("detectron2 is installed here")
     completed = subprocess.run(
         [sys.executable, "-m", "vicregl_cli.transfer.detectron2_train", "--config", str(result.config)],
@@ -231,6 +266,77 @@ def test_launcher_arguments_and_missing_detectron2(tmp_path, exported):
     )  # fmt: skip
     assert completed.returncode == 1
     assert completed.stderr.strip() == f"error: {launcher.DETECTRON2_MISSING}"
+
+
+def _plan(monkeypatch, synthetic_voc, engine: str | None, importable: bool, **fields) -> list:
+    monkeypatch.setattr(detectron2_run, "detectron2_importable", lambda: importable)
+    config = DetectConfig(dataset="voc", data_root=synthetic_voc, engine=engine, **fields)
+    return detect.plan(config, resolve_weights("random", "resnet50"))
+
+
+def test_plan_names_the_benchmark_the_same_on_both_engines(monkeypatch, synthetic_voc):
+    fields = {"lrs": (0.02, 0.01), "iters": 2400, "batch_size": 8}
+    on_d2 = _plan(monkeypatch, synthetic_voc, "detectron2", True, **fields)
+    on_tv = _plan(monkeypatch, synthetic_voc, "torchvision", True, **fields)
+    assert [p.name for p in on_d2] == [p.name for p in on_tv] == ["lr=0.02", "lr=0.01"]
+    for d2_point, tv_point in zip(on_d2, on_tv, strict=True):
+        assert d2_point.protocol == tv_point.protocol == "detect-voc-faster-rcnn-c4"
+        assert d2_point.dataset == tv_point.dataset == f"voc:{synthetic_voc.resolve()}"
+        shared = {key: d2_point.params[key] for key in ("lr", "iters", "batch_size", "warmup")}
+        assert shared == {key: tv_point.params[key] for key in shared}
+        assert list(d2_point.params["steps"]) == list(tv_point.params["steps"]) == [1800, 2200]
+        assert (d2_point.params["engine"], tv_point.params["engine"]) == ("detectron2", "torchvision")
+        assert tv_point.params["min_sizes"] and d2_point.task.engine == "detectron2"
+    default = _plan(monkeypatch, synthetic_voc, "detectron2", True, batch_size=8)
+    assert [p.params["lr"] for p in default] == [pytest.approx(0.01)] and default[0].params["iters"] == 24000
+    assert "detectron2" not in sys.modules
+
+
+def test_engine_choice_and_its_checks(monkeypatch, capsys, synthetic_voc, tmp_path):
+    points = _plan(monkeypatch, synthetic_voc, None, False)
+    assert points[0].params["engine"] == "torchvision"
+    assert "detectron2 is not installed" in capsys.readouterr().err
+    assert _plan(monkeypatch, synthetic_voc, None, True)[0].params["engine"] == "detectron2"
+    with pytest.raises(UserError, match="--engine detectron2: detectron2 is not installed"):
+        _plan(monkeypatch, synthetic_voc, "detectron2", False)
+    with pytest.raises(UserError, match="choose detectron2 or torchvision"):
+        _plan(monkeypatch, synthetic_voc, "mmdet", True)
+    with pytest.raises(UserError, match="no detectron2 counterpart"):
+        detect.plan(DetectConfig(dataset="voc", data_root=synthetic_voc, engine="detectron2"),
+                    resolve_weights("random", "resnet18"))  # fmt: skip
+    coco = DetectConfig(dataset="coco", data_root=tmp_path, engine="torchvision")
+    with pytest.raises(UserError, match="detectron2 only"):
+        detect.plan(coco, resolve_weights("random", "resnet50"))
+    with pytest.raises(UserError, match="not a COCO 2017 root"):
+        detect.plan(replace(coco, engine="detectron2"), resolve_weights("random", "resnet50"))
+    with pytest.raises(UserError, match="unknown detection dataset"):
+        detect.plan(replace(coco, dataset="kitti"), resolve_weights("random", "resnet50"))
+
+
+def test_detectron2_run_point_writes_its_files_and_reads_metrics_back(monkeypatch, synthetic_voc, tmp_path):
+    point = replace(_plan(monkeypatch, synthetic_voc, "detectron2", True, lrs=(0.02,))[0],
+                    folder=tmp_path / "lr=0.02")  # fmt: skip
+    launched = []
+
+    def fake_launcher(command, check):
+        launched.append(command)
+        lines = [
+            {"iteration": 9, "total_loss": 1.5},
+            {"bbox/AP": 50.0, "bbox/AP50": 70.0, "bbox/AP75": 40.0, "bbox/APs": float("nan")},
+        ]
+        (point.folder / "metrics.json").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+
+    monkeypatch.setattr(detectron2_run.subprocess, "run", fake_launcher)
+    metrics = detect.run_point(point)
+    config = point.folder / "config.yaml"
+    assert launched == [detectron2_run.launch_command(config, 8)]
+    assert metrics == {"AP": 50.0, "AP50": 70.0, "AP75": 40.0}  # NaN (no small objects) left out
+    with open(config) as handle:
+        cfg = CfgNode.load_cfg(handle)
+    assert cfg.SOLVER.BASE_LR == 0.02 and cfg.OUTPUT_DIR == str(point.folder.resolve())
+    assert cfg.MODEL.WEIGHTS == str((point.folder / "backbone.pkl").resolve())
+    with open(point.folder / "backbone.pkl", "rb") as handle:
+        assert set(pickle.load(handle)["model"]) == expected_r50_keys()
 
 
 def test_coco_subset_is_deterministic_fraction():
@@ -287,15 +393,30 @@ def test_difficult_objects_are_neither_true_nor_false_positives():
     assert voc_metrics(early_duplicate, truths, 1)["AP50"] == pytest.approx(100.0)
 
 
+def test_voc_headline_keys_are_voc07_and_coco_style_numbers_sit_beside():
+    # class 0: TP (0.9, exact), FP (0.8, no object), TP (0.7, IoU 0.68 with its object). At IoU 0.50-0.65 that
+    # is TP FP TP (recall .5 .5 1, precision 1 .5 2/3); at 0.70-0.95 TP FP FP (recall stays 0.5).
+    truths = [_truth([_box(0, 0)], [0]), _truth([_box(20, 20)], [0])]
+    dets = [_dets([_box(0, 0), _box(40, 40)], [0.9, 0.8], [0, 0]), _dets([[20, 20, 30, 26.8]], [0.7], [0])]
+    voc07_low, voc07_high = (6 * 1.0 + 5 * 2 / 3) / 11, 6 / 11  # 11-point: recall >= 0 .. 0.5 reach 1
+    coco_low, coco_high = (51 * 1.0 + 50 * 2 / 3) / 101, 51 / 101
+    expected = {
+        "AP": 100 * (4 * voc07_low + 6 * voc07_high) / 10, "AP50": 100 * voc07_low, "AP75": 100 * voc07_high,
+        "coco_AP": 100 * (4 * coco_low + 6 * coco_high) / 10, "coco_AP50": 100 * coco_low,
+        "coco_AP75": 100 * coco_high,
+    }  # fmt: skip
+    assert voc_detection_metrics(dets, truths, 1) == pytest.approx(expected, abs=1e-4)
+
+
 def test_warmup_and_steps_follow_detectron2():
     settings = tv.DetectionSettings(iters=24000, batch_size=16)
     assert (
         settings.lr == pytest.approx(0.02) and settings.steps() == (18000, 22000) and settings.warmup() == 100
     )
-    assert tv.lr_factor(0, settings) == pytest.approx(0.001)
-    assert tv.lr_factor(50, settings) == pytest.approx(0.001 * 0.5 + 0.5)
-    assert tv.lr_factor(100, settings) == 1.0 and tv.lr_factor(17999, settings) == 1.0
-    assert tv.lr_factor(18000, settings) == pytest.approx(0.1) and tv.lr_factor(
+    assert tv_engine.lr_factor(0, settings) == pytest.approx(0.001)
+    assert tv_engine.lr_factor(50, settings) == pytest.approx(0.001 * 0.5 + 0.5)
+    assert tv_engine.lr_factor(100, settings) == 1.0 and tv_engine.lr_factor(17999, settings) == 1.0
+    assert tv_engine.lr_factor(18000, settings) == pytest.approx(0.1) and tv_engine.lr_factor(
         23999, settings
     ) == pytest.approx(0.01)
     short = tv.DetectionSettings(iters=100, batch_size=4)
@@ -303,16 +424,16 @@ def test_warmup_and_steps_follow_detectron2():
 
 
 def test_sizes_and_budgets_scale_only_for_small_images():
-    photo = tv.Sample(Path("x.jpg"), 500, 375, np.zeros((1, 4)), np.zeros(1), np.zeros(1, bool))
-    geometry = tv.resolve_geometry(tv.DetectionSettings(), [photo])
+    photo = tv_data.Sample(Path("x.jpg"), 500, 375, np.zeros((1, 4)), np.zeros(1), np.zeros(1, bool))
+    geometry = tv_geometry.resolve_geometry(tv.DetectionSettings(), [photo])
     assert geometry.min_sizes == tuple(range(480, 801, 32)) and geometry.test_size == 800
     assert (geometry.rois_per_image, geometry.rpn_batch_per_image, geometry.proposals_test) == (
         512,
         256,
         1000,
     )
-    tiny = tv.Sample(Path("x.jpg"), 75, 75, np.zeros((1, 4)), np.zeros(1), np.zeros(1, bool))
-    geometry = tv.resolve_geometry(tv.DetectionSettings(rois_per_image=7), [tiny])
+    tiny = tv_data.Sample(Path("x.jpg"), 75, 75, np.zeros((1, 4)), np.zeros(1), np.zeros(1, bool))
+    geometry = tv_geometry.resolve_geometry(tv.DetectionSettings(rois_per_image=7), [tiny])
     assert geometry.scale == pytest.approx(0.2) and geometry.test_size == 160 and geometry.min_sizes[0] == 96
     assert geometry.rois_per_image == 7 and geometry.rpn_batch_per_image == round(256 * 0.04)
 
@@ -329,31 +450,29 @@ def test_bad_inputs_fail_clearly(tmp_path, synthetic_voc):
     name = xml.split("<name>")[1].split("<")[0]
     (bad / "Annotations/a.xml").write_text(xml.replace(f"<name>{name}</name>", "<name>dragon</name>"))
     with pytest.raises(UserError, match="dragon"):
-        tv.read_voc_split(bad, "train", ["cat"])
+        tv_data.read_voc_split(bad, "train", ["cat"])
     with pytest.raises(UserError, match="not a ResNet"):
-        d2.run_detect(
-            backbone="convnext_tiny", weights=None, dataset="voc", data_root=synthetic_voc,
-            out=tmp_path / "o", engine="torchvision", lrs=[], settings=tv.DetectionSettings(),
-        )  # fmt: skip
+        detect.plan(DetectConfig(dataset="voc", data_root=synthetic_voc, engine="torchvision"),
+                    resolve_weights("random", "convnext_tiny"))  # fmt: skip
     with pytest.raises(UserError, match="detectron2 only"):
         tv.load_data("coco", tmp_path)
 
 
 def test_torchvision_engine_two_iterations_end_to_end(tmp_path, synthetic_voc):
     settings = tv.DetectionSettings(
-        batch_size=2, workers=0, precise_bn_iters=1, rois_per_image=8, rpn_batch_per_image=16,
+        workers=0, precise_bn_iters=1, rois_per_image=8, rpn_batch_per_image=16,
         proposals_train=20, proposals_test=10, log_every=1,
     )  # fmt: skip
+    config = DetectConfig(dataset="voc", data_root=synthetic_voc, engine="torchvision", lrs=(0.01,), iters=2,
+                          batch_size=2, settings=settings)  # fmt: skip
     torch.set_num_threads(1)
-    records = d2.run_detect(
-        backbone="resnet18", weights=None, dataset="voc", data_root=synthetic_voc, out=tmp_path / "sweep",
-        engine="torchvision", lrs=[0.01], settings=settings, iters=2,
-    )  # fmt: skip
+    records = run_protocol(detect, config, resolve_weights("random", "resnet18"), tmp_path / "sweep")
     record = json.loads((tmp_path / "sweep" / "lr=0.01" / "result.json").read_text())
     assert records[0]["metrics"] == record["metrics"]
-    assert {"AP", "AP50", "AP75", "AP50_voc07"} <= set(record["metrics"])
+    assert set(record["metrics"]) == {"AP", "AP50", "AP75", "coco_AP", "coco_AP50", "coco_AP75"}
     assert all(0.0 <= value <= 100.0 for value in record["metrics"].values())
     assert record["params"]["lr"] == 0.01 and record["params"]["iters"] == 2
+    assert record["params"]["engine"] == "torchvision" and record["protocol"] == "detect-voc-faster-rcnn-c4"
     assert record["backbone"] == "resnet18" and record["weights"]["path"] == "random"
 
 
@@ -362,9 +481,9 @@ def test_rpn_loss_is_detectron2s_sum_over_anchor_budget():
     from torchvision.models.detection.rpn import RPNHead
 
     anchors = AnchorGenerator(sizes=((32,),), aspect_ratios=((1.0,),))
-    rpn = tv.DetectronRPN(anchors, RPNHead(4, 1), 0.7, 0.3, batch_size_per_image=8, positive_fraction=1.0,
-                          pre_nms_top_n={"training": 10, "testing": 10},
-                          post_nms_top_n={"training": 10, "testing": 10}, nms_thresh=0.7)  # fmt: skip
+    rpn = DetectronRPN(anchors, RPNHead(4, 1), 0.7, 0.3, batch_size_per_image=8, positive_fraction=1.0,
+                       pre_nms_top_n={"training": 10, "testing": 10},
+                       post_nms_top_n={"training": 10, "testing": 10}, nms_thresh=0.7)  # fmt: skip
     labels = [torch.tensor([1.0, 0.0, -1.0]), torch.tensor([0.0, 1.0, 1.0])]  # -1: ignored anchor
     logits = torch.tensor([2.0, -1.0, 5.0, 0.5, 1.0, -3.0])
     deltas = torch.arange(24, dtype=torch.float32).reshape(6, 4) / 10

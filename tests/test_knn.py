@@ -166,6 +166,7 @@ def test_batchnorm_re_estimation_averages_the_batch_statistics():
 
 
 def test_a_cache_hit_extracts_nothing(synthetic_root, tmp_path, monkeypatch):
+    from vicregl_cli.backbones import resolve_weights
     from vicregl_cli.data.readers import image_folder
     from vicregl_cli.evaluate import features as features_module
     from vicregl_cli.evaluate.features import eval_transform, frozen_extractor
@@ -182,8 +183,8 @@ def test_a_cache_hit_extracts_nothing(synthetic_root, tmp_path, monkeypatch):
 
     def extractor(seed=0):
         return frozen_extractor(
-            "resnet18", None, device=torch.device("cpu"), batch_size=16, resize=36, crop=32,
-            cache_dir=tmp_path, bn_dataset=train, bn_batches=1, seed=seed,
+            resolve_weights("random", "resnet18", seed), device=torch.device("cpu"), batch_size=16, resize=36,
+            crop=32, cache_dir=tmp_path, bn_dataset=train, bn_batches=1,
         )  # fmt: skip
 
     first, labels = extractor().features(train, "train")
@@ -199,16 +200,18 @@ def test_a_cache_hit_extracts_nothing(synthetic_root, tmp_path, monkeypatch):
 def test_knn_end_to_end_on_synthetic_images(synthetic_root, tmp_path):
     import json
 
-    from vicregl_cli.evaluate.knn import KnnConfig, run_knn
+    from vicregl_cli.backbones import resolve_weights
+    from vicregl_cli.evaluate.knn import KnnConfig
+    from vicregl_cli.sweep import run_protocol
 
     config = KnnConfig(
-        data=synthetic_root, out=tmp_path / "knn", weights="random", backbone="resnet18", ks=[5, 500],
-        image_size=32, resize=36, batch_size=16, num_workers=0, cache_dir=tmp_path / "cache", bn_batches=2,
-        device="cpu",
+        data=synthetic_root, ks=(5, 500), image_size=32, resize=36, batch_size=16, num_workers=0,
+        cache_dir=tmp_path / "cache", bn_batches=2, device="cpu",
     )  # fmt: skip
+    weights = resolve_weights("random", "resnet18")
     with pytest.warns(UserWarning, match="k=500"):
-        record = run_knn(config)
-    stored = json.loads((tmp_path / "knn" / "result.json").read_text())
+        (record,) = run_protocol(knn, config, weights, tmp_path / "out")
+    stored = json.loads((tmp_path / "out" / "knn" / "result.json").read_text())
     assert stored["metrics"] == record["metrics"]
     assert set(record["metrics"]) == {"top1@5", "top5@5", "top1@36", "top5@36"}
     assert record["params"]["ks"] == [5, 36] and record["protocol"] == "knn"
@@ -260,10 +263,11 @@ def test_sharded_extraction_gathers_every_image_once_in_order(tmp_path):
 def test_bad_input_fails_before_any_extraction(tmp_path, monkeypatch):
     from PIL import Image
 
-    from vicregl_cli.backbones import build_backbone, save_backbone
+    from vicregl_cli.backbones import build_backbone, resolve_weights, save_backbone
     from vicregl_cli.errors import UserError
     from vicregl_cli.evaluate import features as features_module
-    from vicregl_cli.evaluate.knn import KnnConfig, run_knn
+    from vicregl_cli.evaluate.knn import KnnConfig
+    from vicregl_cli.sweep import run_protocol
 
     def no_extraction(*args, **kwargs):
         raise AssertionError("extraction started")
@@ -275,15 +279,12 @@ def test_bad_input_fails_before_any_extraction(tmp_path, monkeypatch):
             Image.new("RGB", (8, 8)).save(tmp_path / split / name / "x.png")
     weights = tmp_path / "r18.pth"
     save_backbone(weights, "resnet18", build_backbone("resnet18").state_dict())
-    config = KnnConfig(
-        data=tmp_path, out=tmp_path / "out", weights=str(weights), ks=[1], device="cpu", num_workers=0
-    )
+    config = KnnConfig(data=tmp_path, ks=(1,), device="cpu", num_workers=0)
     with pytest.raises(UserError, match="different classes"):
-        run_knn(config)
+        run_protocol(knn, config, resolve_weights(weights), tmp_path / "out")
     (tmp_path / "val" / "c").rename(tmp_path / "val" / "b")
-    config.backbone = "resnet34"
     with pytest.raises(UserError, match="resnet18"):
-        run_knn(config)
-    config.weights, config.backbone = "random", None
+        run_protocol(knn, config, resolve_weights(weights, "resnet34"), tmp_path / "out")
     with pytest.raises(UserError, match="--backbone"):
-        run_knn(config)
+        run_protocol(knn, config, resolve_weights("random"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

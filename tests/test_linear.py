@@ -7,7 +7,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vicregl_cli.evaluate.linear import LinearConfig, run_linear, topk_correct, train_heads_on_features
+from vicregl_cli.backbones import resolve_weights
+from vicregl_cli.evaluate import linear
+from vicregl_cli.evaluate.classification import topk_correct
+from vicregl_cli.evaluate.linear import LinearConfig, train_heads_on_features
+from vicregl_cli.sweep import run_protocol
 
 LRS = [1.0, 0.3, 0.01]
 
@@ -81,10 +85,7 @@ def synthetic_root(tmp_path_factory):
 def test_linear_cached_cli_path_writes_one_result_per_lr_and_reuses_the_cache(synthetic_root, tmp_path):
     config = LinearConfig(
         data=synthetic_root,
-        out=tmp_path / "linear",
-        weights="random",
-        backbone="resnet18",
-        lrs=[0.3, 0.03],
+        lrs=(0.3, 0.03),
         epochs=2,
         batch_size=16,
         image_size=32,
@@ -95,13 +96,14 @@ def test_linear_cached_cli_path_writes_one_result_per_lr_and_reuses_the_cache(sy
         bn_batches=2,
         device="cpu",
     )
-    records = run_linear(config)
+    records = run_protocol(linear, config, resolve_weights("random", "resnet18"), tmp_path / "linear")
     assert [record["run"] for record in records] == ["cached_lr=0.3", "cached_lr=0.03"]
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 2  # train + val features
     summary = json.loads((tmp_path / "linear" / "summary.json").read_text())
     assert summary["metric"] == "top1" and len(summary["runs"]) == 2
     record = records[0]
-    assert record["protocol"] == "linear-cached" and record["weights"] == {"path": "random", "sha256": None}
+    assert record["protocol"] == "linear-cached"
+    assert record["weights"] == {"path": "random", "sha256": None, "seed": 0}
     assert record["params"]["lr"] == 0.3 and record["params"]["bn_recalibration"]["batches"] == 2
     assert 0.0 <= record["metrics"]["top1"] <= record["metrics"]["top5"] <= 100.0
 
@@ -113,10 +115,10 @@ def test_linear_protocol_trains_through_the_frozen_backbone_with_augmentation(sy
     weights = tmp_path / "backbone.pth"
     save_backbone(weights, "resnet18", build_backbone("resnet18").state_dict())
     config = LinearConfig(
-        data=synthetic_root, out=tmp_path / "linear", weights=str(weights), lrs=[0.1], epochs=1,
-        batch_size=16, image_size=32, resize=36, num_workers=0, cache_dir=tmp_path / "cache", device="cpu",
+        data=synthetic_root, lrs=(0.1,), epochs=1, batch_size=16, image_size=32, resize=36, num_workers=0,
+        cache_dir=tmp_path / "cache", device="cpu",
     )  # fmt: skip
-    (record,) = run_linear(config)
+    (record,) = run_protocol(linear, config, resolve_weights(weights), tmp_path / "linear")
     assert record["run"] == "lr=0.1" and record["protocol"] == "linear" and record["backbone"] == "resnet18"
     assert record["weights"]["sha256"] is not None and record["params"]["bn_recalibration"] is None
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 1  # only the val features are cached

@@ -254,7 +254,7 @@ def tiny_config(data: Path, out: Path, **changes) -> PretrainConfig:
 
 
 def test_sigterm_mid_epoch_then_resume_ends_bit_identical(train_dir, tmp_path):
-    from vicregl_cli.pretrain.engine import Hooks, TrainingInterrupted, train
+    from vicregl_cli.pretrain.loop import Hooks, TrainingInterrupted, train
 
     reference = train(tiny_config(train_dir, tmp_path / "straight"), device="cpu", command_line=["t"])
     assert (reference.start_step, reference.end_step, reference.total_steps) == (0, 6, 6)
@@ -298,7 +298,7 @@ def test_sigterm_mid_epoch_then_resume_ends_bit_identical(train_dir, tmp_path):
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(train_dir, tmp_path):
-    from vicregl_cli.pretrain.engine import Hooks, NonFiniteLoss, train
+    from vicregl_cli.pretrain.loop import Hooks, NonFiniteLoss, train
 
     def poison_after(poisoned_step: int):
         def hook(step: int, model: nn.Module) -> None:
@@ -325,7 +325,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(train
 
 def test_bad_inputs_fail_before_training(train_dir, tmp_path):
     from vicregl_cli.pretrain.checkpoint import save_checkpoint
-    from vicregl_cli.pretrain.engine import train
+    from vicregl_cli.pretrain.loop import train
 
     empty = tmp_path / "empty" / "cat"
     empty.mkdir(parents=True)

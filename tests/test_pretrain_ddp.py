@@ -48,7 +48,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     from vicregl_cli.distributed import init_distributed
     from vicregl_cli.errors import UserError
     from vicregl_cli.pretrain.config import PretrainConfig
-    from vicregl_cli.pretrain.engine import _log_record, _wrap, plan_run
+    from vicregl_cli.pretrain.logs import log_record
+    from vicregl_cli.pretrain.loop import wrap_ddp
+    from vicregl_cli.pretrain.plan import plan_run
 
     env = init_distributed("cpu")
     batch_error = ""
@@ -57,14 +59,14 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     except UserError as error:
         batch_error = str(error)
     model = make_model()
-    wrapped = _wrap(model, env)
+    wrapped = wrap_ddp(model, env)
     assert isinstance(wrapped, torch.nn.parallel.DistributedDataParallel)
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in wrapped.modules())  # CPU: no SyncBatchNorm
     views, positions, labels = make_inputs()
     part = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
     outputs = wrapped([v[part] for v in views], [p[part] for p in positions], labels[part])
     outputs["loss"].backward()
-    record = _log_record(outputs, 0, 1, 0.1, BATCH, (0.0, 0), env)  # every rank joins its all_reduce
+    record = log_record(outputs, 0, 1, 0.1, BATCH, (0.0, 0), env)  # every rank joins its all_reduce
     loss = outputs["loss"].detach().clone()
     dist.all_reduce(loss)
     if rank == 0:

@@ -12,7 +12,8 @@ import pytest
 import torch
 from test_pretrain import tiny_config
 
-from vicregl_cli.pretrain.slurm import SlurmRequest, submit
+from vicregl_cli.options import SlurmOptions
+from vicregl_cli.pretrain.slurm import submit
 
 submitit = pytest.importorskip("submitit")
 
@@ -42,8 +43,8 @@ def _children(pid: int) -> list[int]:
 def test_preempted_job_is_requeued_and_resumes_from_its_checkpoint(train_dir: Path, tmp_path: Path):
     run = tmp_path / "run"
     config = tiny_config(train_dir, run, epochs=2)  # 3 steps per epoch, 6 in all
-    request = SlurmRequest(gpus_per_node=0, time_min=60, cluster="local", folder=str(tmp_path / "slurm"))
-    job = submit(config, request)
+    options = SlurmOptions(gpus_per_node=0, time_min=60, cluster="local", folder=tmp_path / "slurm")
+    job = submit(config, options)
     checkpoint = run / "checkpoint.pth"
     deadline = time.monotonic() + 240
     while not checkpoint.exists():

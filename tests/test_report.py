@@ -9,26 +9,31 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from vicregl_cli.backbones import build_backbone, resolve_weights, save_backbone
 from vicregl_cli.cli import app
 from vicregl_cli.errors import UserError
-from vicregl_cli.report import make_result, read_results, to_csv, to_markdown, write_result, write_summary
+from vicregl_cli.files import write_json_atomic
+from vicregl_cli.report import make_result, read_results, to_csv, to_markdown
 
 
-def _record(run, lr, top1, weights=None):
+def _record(run, lr, top1):
     metrics = {"top1": top1, "top5": top1 + 10}
-    record = make_result(
-        "linear", "resnet18", weights, "/data/in1k", {"lr": lr, "epochs": 100}, metrics, 12.5
-    )
-    record["run"] = run
-    return record
+    weights = resolve_weights("random", "resnet18")
+    record = make_result("linear", weights, "/data/in1k", {"lr": lr, "epochs": 100}, metrics, 12.5)
+    return {"run": run, **record}
+
+
+def write_result(run_dir, record):
+    return write_json_atomic(run_dir / "result.json", record)
 
 
 def test_make_result_names_every_field_and_hashes_the_weights(tmp_path):
     weights = tmp_path / "backbone.pth"
-    torch.save({"w": torch.arange(3)}, weights)
+    save_backbone(weights, "resnet18", build_backbone("resnet18").state_dict())
     record = make_result(
-        "knn", "resnet50", weights, "/data", {"ks": [20, 200], "root": tmp_path}, {"top1@20": 1}, 3
+        "knn", resolve_weights(weights), "/data", {"ks": [20, 200], "root": tmp_path}, {"top1@20": 1}, 3
     )
+    assert record["backbone"] == "resnet18"
     assert set(record) == {
         "protocol",
         "backbone",
@@ -42,6 +47,7 @@ def test_make_result_names_every_field_and_hashes_the_weights(tmp_path):
     assert record["weights"] == {
         "path": str(weights.resolve()),
         "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "seed": None,
     }
     assert record["params"] == {"ks": [20, 200], "root": str(tmp_path)}
     assert record["versions"]["torch"] == torch.__version__ and "vicregl" in record["versions"]
@@ -54,14 +60,13 @@ def test_read_results_from_files_summaries_and_folders(tmp_path):
     records = [_record("lr=1", 1.0, 60.0), _record("lr=0.1", 0.1, 70.0)]
     for record in records:
         write_result(tmp_path / "sweep" / record["run"], record)
-    write_summary(tmp_path / "sweep", records, "top1", "linear")
+    write_json_atomic(tmp_path / "sweep" / "summary.json", {"best": "lr=0.1", "runs": records})
     assert read_results([tmp_path / "sweep"]) == sorted(records, key=lambda r: "sweep/" + r["run"])
     assert read_results([tmp_path / "sweep" / "summary.json"]) == records
     assert read_results([tmp_path / "sweep" / "lr=1" / "result.json"]) == records[:1]
-    assert json.loads((tmp_path / "sweep" / "summary.json").read_text())["best"] == "lr=0.1"
     with pytest.raises(UserError, match="does not exist"):
         read_results([tmp_path / "missing"])
-    (tmp_path / "bad.json").write_text('{"protocol": "x"}')
+    (tmp_path / "bad.json").write_text('{"run": "a", "protocol": "x"}')
     with pytest.raises(UserError, match="missing backbone"):
         read_results([tmp_path / "bad.json"])
 
@@ -69,7 +74,7 @@ def test_read_results_from_files_summaries_and_folders(tmp_path):
 def test_markdown_and_csv_mark_the_best_row():
     records = [_record("lr=1", 1.0, 60.0), _record("lr=0.1", 0.1, 70.25), _record("lr=0.01", 0.01, 65.0)]
     markdown = to_markdown(records, "top1").splitlines()
-    assert markdown[0] == "linear · resnet18 · random · /data/in1k"
+    assert markdown[0] == "linear · resnet18 · random(seed=0) · /data/in1k"
     assert markdown[2] == "| run | lr | top1 | top5 | wall_time_s |"
     assert markdown[5] == "| **lr=0.1** | **0.1** | **70.25** | **80.25** | **12.5** |"
     rows = list(csv.DictReader(io.StringIO(to_csv(records, "top1"))))

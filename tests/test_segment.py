@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -14,10 +15,14 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from vicregl_cli.backbones import build_backbone, read_backbone_state, save_backbone
+from vicregl_cli.backbones import build_backbone, read_backbone_state, resolve_weights, save_backbone
+from vicregl_cli.backbones import weights as weights_module
 from vicregl_cli.errors import UserError
-from vicregl_cli.transfer.mmseg_config import SegmentSettings, build_config, plan_segmentation
+from vicregl_cli.sweep import SweepPoint, run_protocol
+from vicregl_cli.transfer import segment
 from vicregl_cli.transfer.mmseg_shims import point_sample, sigmoid_focal_loss
+from vicregl_cli.transfer.segment_config import build_config
+from vicregl_cli.transfer.segment_plan import SegmentPlan, SegmentSettings
 
 NUM_SYNTHETIC_CLASSES = 12
 
@@ -44,19 +49,26 @@ def resnet18_weights(tmp_path_factory) -> Path:
     return path
 
 
-def _settings(voc_root: Path, weights: Path | None, **changes) -> SegmentSettings:
-    values = dict(
-        dataset="voc",
-        data_root=voc_root,
-        backbone="resnet18",
-        weights=weights,
-        iters=3,
-        batch_size=2,
-        crop_size=64,
-        workers=0,
-    )
+def _settings(voc_root: Path, **changes) -> SegmentSettings:
+    values = dict(dataset="voc", data_root=voc_root, iters=3, batch_size=2, crop_size=64, workers=0)
     values.update(changes)
     return SegmentSettings(**values)
+
+
+def _points(
+    voc_root: Path, weights: Path | str = "random", backbone: str = "resnet18", **changes
+) -> list[SweepPoint]:
+    """segment.plan on the test settings, the weights resolved as the CLI does."""
+    return segment.plan(_settings(voc_root, **changes), resolve_weights(weights, backbone))
+
+
+def _plan(data_root: Path, **changes) -> SegmentPlan:
+    """The checked SegmentPlan every point of a (random-init resnet18) plan shares."""
+    return _points(data_root, **changes)[0].task
+
+
+def _config(point: SweepPoint, lr: float) -> dict:
+    return build_config(point.task, point.weights, lr)
 
 
 # --- the mmcv.ops stand-ins against formulas written here ----------------------------------------------
@@ -142,8 +154,7 @@ def test_convnext_small_linear_head_gets_four_stages_concatenated(voc_root):
 
     from vicregl_cli.transfer.mmseg_models import MODELS
 
-    plan = plan_segmentation(_settings(voc_root, None, backbone="convnext_small"))
-    config = build_config(plan, lr=1e-3)
+    config = _config(_points(voc_root, backbone="convnext_small")[0], lr=1e-3)
     assert config["model"]["decode_head"]["in_channels"] == [96, 192, 384, 768]
     with DefaultScope.overwrite_default_scope("mmseg"):
         model = MODELS.build(config["model"]).eval()
@@ -157,10 +168,11 @@ def test_convnext_small_linear_head_gets_four_stages_concatenated(voc_root):
 
 
 def test_templates_hold_the_papers_schedules(voc_root):
-    plan = plan_segmentation(_settings(voc_root, None, iters=None, batch_size=None, crop_size=None))
-    assert plan.default_lrs == [0.1, 0.05, 0.03, 0.02, 0.01]
+    points = _points(voc_root, iters=None, batch_size=None, crop_size=None)
+    assert [point.params["lr"] for point in points] == [0.1, 0.05, 0.03, 0.02, 0.01]
+    plan = points[0].task
     assert plan.crop_size == 64 and any("crop 512 shrunk to 64" in note for note in plan.notes)
-    config = build_config(plan, lr=0.05)
+    config = _config(points[0], lr=0.05)
     assert config["optim_wrapper"]["optimizer"] == dict(
         type="SGD", momentum=0.9, weight_decay=0.0005, lr=0.05
     )
@@ -171,15 +183,12 @@ def test_templates_hold_the_papers_schedules(voc_root):
     assert config["model"]["backbone"]["output_stride"] == 8
     assert config["model"]["decode_head"]["type"] == "LinearSegHead"
     assert config["model"]["decode_head"]["norm_cfg"]["type"] == "BN"
-    convnext = plan_segmentation(
-        _settings(voc_root, None, backbone="convnext_small", frozen=False, iters=None)
-    )
-    assert convnext.default_lrs == [1e-4, 8e-5, 3e-5, 1e-5, 8e-6, 3e-6, 1e-6]
-    schedule = build_config(convnext, lr=1e-4)["param_scheduler"]
+    convnext = _points(voc_root, backbone="convnext_small", frozen=False, iters=None)
+    assert [point.params["lr"] for point in convnext] == [1e-4, 8e-5, 3e-5, 1e-5, 8e-6, 3e-6, 1e-6]
+    schedule = _config(convnext[0], lr=1e-4)["param_scheduler"]
     assert schedule[0] == dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0, end=1500)
     assert schedule[1] == dict(type="PolyLR", power=1.0, eta_min=0.0, by_epoch=False, begin=1500, end=40000)
-    fcn_settings = _settings(voc_root, None, protocol="fcn", processes=4, batch_size=None, frozen=False)
-    fcn = build_config(plan_segmentation(fcn_settings), 0.01)
+    fcn = _config(_points(voc_root, protocol="fcn", processes=4, batch_size=None, frozen=False)[0], 0.01)
     assert (
         fcn["model"]["decode_head"]["type"] == "FCNHead" and fcn["model"]["auxiliary_head"]["in_index"] == 2
     )
@@ -191,11 +200,10 @@ def test_templates_hold_the_papers_schedules(voc_root):
 
 @pytest.mark.parametrize("frozen", [True, False])
 def test_frozen_run_leaves_every_backbone_tensor_bit_identical(voc_root, resnet18_weights, tmp_path, frozen):
-    from vicregl_cli.transfer.mmseg import export_point, train_and_evaluate
-
-    plan = plan_segmentation(_settings(voc_root, resnet18_weights, frozen=frozen))
-    config_path = export_point(plan, 0.05, tmp_path / "run")
-    metrics, model = train_and_evaluate(config_path, tmp_path / "run")
+    (point,) = _points(voc_root, resnet18_weights, frozen=frozen, lrs=(0.05,))
+    point = dataclasses.replace(point, folder=tmp_path / "run")
+    config_path = segment.export_point(point, segment.export_state(point.weights))
+    metrics, model = segment.train_and_evaluate(config_path, point.folder)
     assert 0.0 <= metrics["mIoU"] <= 100.0 and 0.0 <= metrics["aAcc"] <= 100.0
     _, original = read_backbone_state(resnet18_weights)
     trained = model.backbone.state_dict()
@@ -208,11 +216,8 @@ def test_frozen_run_leaves_every_backbone_tensor_bit_identical(voc_root, resnet1
 
 
 def test_exported_config_trains_with_plain_mmengine_runner(voc_root, resnet18_weights, tmp_path):
-    from vicregl_cli.transfer.mmseg import segment
-
-    (config_path,) = segment(
-        _settings(voc_root, resnet18_weights), [0.02], tmp_path / "seg", export_only=True
-    )
+    points = _points(voc_root, resnet18_weights, lrs=(0.02,))
+    (config_path,) = segment.export_points(points, tmp_path / "seg")
     exported = torch.load(config_path.parent / "backbone.pth", weights_only=True)
     _, original = read_backbone_state(resnet18_weights)
     assert set(exported) == {f"backbone.{key}" for key in original}
@@ -280,22 +285,112 @@ def test_cli_lr_list_and_cfg_options_export(voc_root, tmp_path):
     assert "mim train mmseg" in result.output and "tools/train.py" in result.output
 
 
+def test_plan_names_the_benchmark_and_records_what_defines_each_run(voc_root, resnet18_weights):
+    settings = _settings(voc_root, lrs=(0.05, 0.01))
+    weights = resolve_weights(resnet18_weights, "resnet18")
+    points = segment.plan(settings, weights)
+    assert [point.name for point in points] == ["lr=0.05", "lr=0.01"]
+    assert {point.protocol for point in points} == {"segment-voc-linear-frozen"}
+    assert {point.dataset for point in points} == {f"voc:{voc_root.resolve()}"}
+    assert all(point.weights is weights and point.task is points[0].task for point in points)
+    assert points[0].params == {
+        "lr": 0.05,
+        "frozen": True,
+        "iters": 3,
+        "batch_size": 2,
+        "crop_size": 64,
+        "resize_scale": (256, 64),
+        "classes": NUM_SYNTHETIC_CLASSES + 1,
+        "train_images": 12,
+        "val_images": 12,
+        "processes": 1,
+        "seed": 0,
+        "cfg_options": [],
+    }
+    assert settings == _settings(voc_root, lrs=(0.05, 0.01))  # the caller's settings are left as they were
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.lrs = (0.1,)
+    fcn = _points(voc_root, dataset="voc", protocol="fcn", frozen=False)
+    assert fcn[0].protocol == "segment-voc-fcn-finetune"
+    with pytest.raises(UserError, match="learning rates must be positive"):
+        _points(voc_root, lrs=(0.1, 0.0))
+
+
+def test_a_device_the_runner_would_not_use_is_refused(voc_root, monkeypatch):
+    import mmengine.device.utils
+
+    monkeypatch.setattr(mmengine.device.utils, "DEVICE", "cuda")  # what the Runner found visible at import
+    with pytest.raises(UserError, match="--device cpu: .*CUDA_VISIBLE_DEVICES="):
+        _points(voc_root, device="cpu")
+    with pytest.raises(UserError, match="--device cuda:1: .*CUDA_VISIBLE_DEVICES=N"):
+        _points(voc_root, device="cuda:1")
+    assert _points(voc_root, device="cuda")
+    monkeypatch.setattr(mmengine.device.utils, "DEVICE", "cpu")
+    with pytest.raises(UserError, match="--device cuda: mmengine's Runner trains on cpu"):
+        _points(voc_root, device="cuda")
+    assert _points(voc_root, device="cpu") and _points(voc_root, device="auto")
+
+
+def test_export_points_reads_the_weights_file_once(voc_root, resnet18_weights, tmp_path, monkeypatch):
+    reads = []
+    read = weights_module.read_weights_file
+
+    def counting_read(path):
+        reads.append(Path(path))
+        return read(path)
+
+    monkeypatch.setattr(weights_module, "read_weights_file", counting_read)
+    options = ("train_cfg.val_interval=2",)
+    points = _points(voc_root, resnet18_weights, lrs=(0.05, 0.02, 0.01), iters=7, cfg_options=options)
+    configs = segment.export_points(points, tmp_path / "seg")
+    assert reads == [resnet18_weights]
+    assert [config.parent.name for config in configs] == ["lr=0.05", "lr=0.02", "lr=0.01"]
+    weight_files = [config.parent / "backbone.pth" for config in configs]
+    assert len({os.stat(path).st_ino for path in weight_files}) == 1  # written once, hard-linked
+    _, original = read_backbone_state(resnet18_weights)
+    exported = torch.load(weight_files[2], weights_only=True)
+    assert exported.keys() == {f"backbone.{key}" for key in original}
+    assert all(torch.equal(exported[f"backbone.{key}"], value) for key, value in original.items())
+    text = configs[1].read_text()
+    assert "'lr': 0.02" in text and "'val_interval': 2" in text and "'max_iters': 7" in text
+    commands = segment.train_commands(configs[1], 2)
+    assert "--nproc_per_node=2" in commands[0] and "mim train mmseg" in commands[1]
+
+
+def test_run_protocol_writes_the_records_and_the_per_class_iou(voc_root, tmp_path):
+    out = tmp_path / "seg"
+    settings = _settings(voc_root, lrs=(0.05, 0.01), iters=2)
+    records = run_protocol(segment, settings, resolve_weights("random", "resnet18"), out)
+    assert [record["run"] for record in records] == ["lr=0.05", "lr=0.01"]
+    for record in records:
+        folder = out / record["run"]
+        assert json.loads((folder / "result.json").read_text()) == record
+        assert "per_class_iou" not in record and record["protocol"] == "segment-voc-linear-frozen"
+        assert record["backbone"] == "resnet18" and record["weights"]["path"] == "random"
+        assert set(record["metrics"]) == {"mIoU", "aAcc", "mAcc"}
+        assert 0.0 <= record["metrics"]["mIoU"] <= 100.0
+        per_class = json.loads((folder / "per_class_iou.json").read_text())
+        assert "background" in per_class and all(0.0 <= value <= 100.0 for value in per_class.values())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metric"] == "mIoU" and summary["best"] in ("lr=0.05", "lr=0.01")
+
+
 # --- bad input -----------------------------------------------------------------------------------------
 
 
 def test_data_root_without_voc_layout_is_refused(tmp_path):
     (tmp_path / "JPEGImages").mkdir()
     with pytest.raises(UserError, match="lacks the split file ImageSets/Segmentation/train.txt"):
-        plan_segmentation(_settings(tmp_path, None))
+        _points(tmp_path)
     with pytest.raises(UserError, match="data root .* does not exist"):
-        plan_segmentation(_settings(tmp_path / "missing", None))
+        _points(tmp_path / "missing")
     with pytest.raises(UserError, match="unknown dataset 'coco'"):
-        plan_segmentation(_settings(tmp_path, None, dataset="coco"))
+        _points(tmp_path, dataset="coco")
 
 
 def test_voc_aug_without_aug_masks_is_refused(voc_root):
     with pytest.raises(UserError, match="SegmentationClassAug"):
-        plan_segmentation(_settings(voc_root, None, dataset="voc-aug"))
+        _points(voc_root, dataset="voc-aug")
 
 
 def test_class_count_mismatch_is_refused(voc_root, tmp_path):
@@ -304,7 +399,7 @@ def test_class_count_mismatch_is_refused(voc_root, tmp_path):
     names = (copy / "classes.txt").read_text().split()
     (copy / "classes.txt").write_text("\n".join(names[:3]) + "\n")
     with pytest.raises(UserError, match=r"defines 4 classes .* does not match the masks"):
-        plan_segmentation(_settings(copy, None))
+        _points(copy)
 
 
 def test_weights_missing_backbone_keys_are_refused(voc_root, resnet18_weights, tmp_path):
@@ -313,9 +408,9 @@ def test_weights_missing_backbone_keys_are_refused(voc_root, resnet18_weights, t
     broken = tmp_path / "broken.pth"
     save_backbone(broken, "resnet18", state)
     with pytest.raises(UserError, match=r"layer4\.1\.conv2\.weight"):
-        plan_segmentation(_settings(voc_root, broken))
+        _points(voc_root, broken)
     with pytest.raises(UserError, match="holds a resnet18 backbone, not resnet50"):
-        plan_segmentation(_settings(voc_root, resnet18_weights, backbone="resnet50"))
+        _points(voc_root, resnet18_weights, backbone="resnet50")
 
 
 def test_backbone_that_mmseg_did_not_load_is_an_error():
@@ -332,7 +427,7 @@ def test_backbone_that_mmseg_did_not_load_is_an_error():
 
 def test_fcn_needs_a_resnet(voc_root):
     with pytest.raises(UserError, match="fcn protocol .* convnext"):
-        plan_segmentation(_settings(voc_root, None, backbone="convnext_tiny", protocol="fcn"))
+        _points(voc_root, backbone="convnext_tiny", protocol="fcn")
 
 
 def test_frozen_backbone_has_no_gradients_and_stays_in_eval_mode():
@@ -364,14 +459,14 @@ def test_cityscapes_and_ade20k_layouts_use_mmseg_class_lists(tmp_path):
     for split in ("train", "val"):
         suffixes = ("_leftImg8bit.png", "_gtFine_labelTrainIds.png")
         _fake_tree(cityscapes, f"leftImg8bit/{split}/aachen", f"gtFine/{split}/aachen", "a_1", suffixes, 18)
-    plan = plan_segmentation(_settings(cityscapes, None, dataset="cityscapes", batch_size=None))
+    plan = _plan(cityscapes, dataset="cityscapes", batch_size=None)
     assert len(plan.class_names) == 19 and plan.class_names[0] == "road" and plan.batch_size == 8
     assert plan.resize_scale == (256, 128)  # (2048, 1024) scaled with the crop, 512 -> 64
     ade = tmp_path / "ade"
     for split in ("training", "validation"):
         _fake_tree(ade, f"images/{split}", f"annotations/{split}", "ADE_1", (".jpg", ".png"), 150)
-    plan = plan_segmentation(_settings(ade, None, dataset="ade20k", iters=None))
+    plan = _plan(ade, dataset="ade20k", iters=None)
     assert len(plan.class_names) == 150 and plan.iters == 160000  # label 150 is valid: 0 is ignored
     _fake_tree(ade, "images/validation", "annotations/validation", "ADE_2", (".jpg", ".png"), 151)
     with pytest.raises(UserError, match=r"labels \[151\] but mmseg's ADE20KDataset defines 150 classes"):
-        plan_segmentation(_settings(ade, None, dataset="ade20k"))
+        _points(ade, dataset="ade20k")

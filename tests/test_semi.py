@@ -7,9 +7,12 @@ from collections import Counter
 import pytest
 from PIL import Image
 
+from vicregl_cli.backbones import resolve_weights
 from vicregl_cli.data.readers import image_folder
 from vicregl_cli.errors import UserError
-from vicregl_cli.evaluate.semi import SemiConfig, balanced_subset, read_split_file, run_semi
+from vicregl_cli.evaluate import semi
+from vicregl_cli.evaluate.semi import SemiConfig, balanced_subset, read_split_file
+from vicregl_cli.sweep import run_protocol
 
 
 def test_balanced_subset_takes_ceil_percent_of_every_class_deterministically():
@@ -55,12 +58,9 @@ def test_semi_fine_tunes_on_the_subset_and_writes_a_result(tmp_path):
     generate(tmp_path / "synthetic", num_train=24, num_val=12, image_size=40, seed=0, workers=1)
     config = SemiConfig(
         data=tmp_path / "synthetic" / "classification",
-        out=tmp_path / "semi",
-        weights="random",
-        backbone="resnet18",
         percent=10,
-        lrs_backbone=[0.01],
-        lrs_head=[0.1, 0.0],
+        lrs_backbone=(0.01,),
+        lrs_head=(0.1, 0.0),
         epochs=1,
         batch_size=8,
         image_size=32,
@@ -68,7 +68,7 @@ def test_semi_fine_tunes_on_the_subset_and_writes_a_result(tmp_path):
         num_workers=0,
         device="cpu",
     )
-    records = run_semi(config)
+    records = run_protocol(semi, config, resolve_weights("random", "resnet18"), tmp_path / "semi")
     assert [record["run"] for record in records] == [
         "lr_backbone=0.01_lr_head=0.1",
         "lr_backbone=0.01_lr_head=0",

@@ -1,10 +1,16 @@
-"""The `vicregl` command line: each subcommand parses its options, then calls one plain-Python module."""
+"""The `vicregl` command line: each subcommand parses its options, resolves the weights once, and calls one
+plain-Python module (a protocol's plan + the sweep runner, or pretraining)."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import typer
+
+from vicregl_cli.cli_options import with_feature_options, with_run_options
+from vicregl_cli.errors import UserError
+from vicregl_cli.options import FeatureOptions, RunOptions
 
 app = typer.Typer(
     help="VICRegL pretraining and the downstream evaluations of the VICReg / VICRegL papers.",
@@ -12,9 +18,13 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+WEIGHTS_HELP = "Weights file (backbone.pth, checkpoint.pth, release, torchvision) or 'random'"
+BACKBONE_HELP = "Registry name; default: the name stored in the weights file"
+EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": False}
 
 
 @app.command()
+@with_run_options(gpus_per_node=8, time_min=4320)
 def pretrain(
     config: Path = typer.Option(None, "--config", help="YAML preset (configs/pretrain/); flags override it"),
     data: str = typer.Option(None, help="ImageFolder root: DATA/<class>/<image>"),
@@ -45,151 +55,113 @@ def pretrain(
     log_every: int = typer.Option(None, help="Steps between stats.jsonl lines"),
     probe: bool = typer.Option(None, "--probe/--no-probe", help="Online linear probe on detached features"),
     drop_path_rate: float = typer.Option(None, help="ConvNeXt stochastic depth"),
-    device: str = typer.Option("auto", help="auto, cuda or cpu"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the plan; train nothing"),
     no_resume: bool = typer.Option(False, "--no-resume", help="Refuse to resume (error if OUT has one)"),
-    slurm: bool = typer.Option(False, "--slurm", help="Submit through submitit (requeued on pre-emption)"),
-    nodes: int = typer.Option(1, help="--slurm: nodes"),
-    gpus_per_node: int = typer.Option(8, help="--slurm: GPUs (= tasks) per node"),
-    partition: str = typer.Option("", help="--slurm: partition"),
-    time: int = typer.Option(4320, "--time", help="--slurm: time limit in minutes"),
-    cpus_per_task: int = typer.Option(10, help="--slurm: CPU cores per task (data loading)"),
+    *,
+    run: RunOptions,
 ) -> None:
     """Pretrain a backbone with VICRegL (VICReg when alpha = 1)."""
     import sys
 
-    from vicregl_cli.pretrain.config import load_config
+    from vicregl_cli.pretrain import loop, plan, slurm
+    from vicregl_cli.pretrain.config import FIELDS, load_config
 
-    overrides = {key: value for key, value in locals().items()
-                 if key not in ("config", "device", "dry_run", "no_resume", "slurm", "nodes", "gpus_per_node",
-                                "partition", "time", "cpus_per_task", "sys", "load_config")}
+    overrides = {key: value for key, value in locals().items() if key in FIELDS}
     settings = load_config(config, overrides)
-    if slurm:
-        from vicregl_cli.pretrain.slurm import SlurmRequest, submit
-
-        request = SlurmRequest(nodes=nodes, gpus_per_node=gpus_per_node, partition=partition, time_min=time,
-                               cpus_per_task=cpus_per_task)
-        job = submit(settings, request)
+    if run.dry_run:
+        if run.slurm is not None:
+            slurm.print_job(settings, run.slurm)
+        else:
+            plan.print_summary(plan.dry_run(settings, device=run.device), settings)
+        return
+    if run.slurm is not None:
+        job = slurm.submit(settings, run.slurm, device=run.device)
         typer.echo(f"submitted job {job.job_id}; run folder {settings.out} (logs in {job.paths.folder})")
         return
-    from vicregl_cli.pretrain import engine
-
-    if dry_run:
-        engine.print_summary(engine.dry_run(settings, device=device), settings)
-        return
     try:
-        result = engine.train(settings, no_resume=no_resume, device=device, command_line=sys.argv)
-    except engine.TrainingInterrupted as stopped:
+        result = loop.train(settings, no_resume=no_resume, device=run.device, command_line=sys.argv)
+    except loop.TrainingInterrupted as stopped:
         typer.echo(str(stopped), err=True)
         raise typer.Exit(code=128 + stopped.signum) from None
-    except engine.NonFiniteLoss as error:
+    except loop.NonFiniteLoss as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=1) from None
     typer.echo(f"pretrained steps {result.start_step}..{result.end_step} of {result.total_steps}; "
                f"weights in {result.out / 'backbone.pth'}")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+@app.command(context_settings=EXTRA_ARGS)
+@with_run_options()
+@with_feature_options()
 def knn(
     ctx: typer.Context,
-    weights: str = typer.Option(..., help="Weights file (backbone.pth, checkpoint.pth, release) or 'random'"),
+    weights: str = typer.Option(..., help=WEIGHTS_HELP),
     data: Path = typer.Option(..., help="Root holding train/ and val/ in ImageFolder layout"),
-    out: Path = typer.Option(..., help="Run folder: result.json"),
-    backbone: str = typer.Option(None, help="Registry name; default: the name stored in the weights file"),
+    out: Path = typer.Option(..., help="Sweep folder: knn/result.json, summary.json"),
+    backbone: str = typer.Option(None, help=BACKBONE_HELP),
     k: list[str] = typer.Option(None, "--k", help="Neighbour counts, one pass: --k 20 200 (default)"),
     temperature: float = typer.Option(0.07, help="Votes weighted exp(cos / T)"),
-    image_size: int = typer.Option(224, help="Centre-crop side"),
-    resize: int = typer.Option(256, help="Short side before the centre crop"),
     batch_size: int = typer.Option(256, help="Extraction batch size per process"),
-    workers: int = typer.Option(8, help="Data-loading processes"),
     chunk_size: int = typer.Option(256, help="Queries per similarity tile"),
     train_chunk_size: int = typer.Option(131072, help="Train features per similarity tile (0: all at once)"),
-    cache_dir: Path = typer.Option(None, help="Feature cache (default: ~/.cache/vicregl/features)"),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write cached features"),
-    bn_recalibration: bool = typer.Option(None, "--bn-recalibration/--no-bn-recalibration",
-                                          help="Re-estimate BatchNorm statistics on train images "
-                                          "(default: on for --weights random only)"),
-    bn_batches: int = typer.Option(100, help="Batches for the BatchNorm re-estimation"),
     seed: int = typer.Option(0, help="Random init and BatchNorm-sample seed"),
-    device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)"),
+    *,
+    features: FeatureOptions,
+    run: RunOptions,
 ) -> None:
     """Weighted k-NN classification on frozen pooled features (every k in one pass; top-1 / top-5)."""
-    from vicregl_cli.evaluate.features import default_cache_dir
-    from vicregl_cli.evaluate.knn import KnnConfig, run_knn
-    from vicregl_cli.sweep import parse_grid
+    from vicregl_cli.backbones.weights import resolve_weights
+    from vicregl_cli.evaluate import knn as protocol
+    from vicregl_cli.sweep import parse_grid, run_protocol
 
-    ks = parse_grid([*(k or []), *ctx.args], "--k", int) or [20, 200]
-    config = KnnConfig(
-        data=data, out=out, weights=weights, backbone=backbone, ks=ks, temperature=temperature,
-        image_size=image_size, resize=resize, batch_size=batch_size, num_workers=workers,
-        chunk_size=chunk_size, train_chunk_size=train_chunk_size or None,
-        cache_dir=None if no_cache else cache_dir or default_cache_dir(),
-        recalibrate_bn=bn_recalibration, bn_batches=bn_batches, seed=seed, device=device,
-    )
-    run_knn(config)
+    config = protocol.KnnConfig(
+        data=data, ks=tuple(parse_grid([*(k or []), *ctx.args], "--k", int) or (20, 200)),
+        temperature=temperature, batch_size=batch_size, chunk_size=chunk_size,
+        train_chunk_size=train_chunk_size or None, device=run.device, **asdict(features),
+    )  # fmt: skip
+    run_protocol(protocol, config, resolve_weights(weights, backbone, seed), out, run)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+@app.command(context_settings=EXTRA_ARGS)
+@with_run_options()
+@with_feature_options()
 def linear(
     ctx: typer.Context,
-    weights: str = typer.Option(..., help="Weights file (backbone.pth, checkpoint.pth, release) or 'random'"),
+    weights: str = typer.Option(..., help=WEIGHTS_HELP),
     data: Path = typer.Option(..., help="Root holding train/ and val/ in ImageFolder layout"),
     out: Path = typer.Option(..., help="Sweep folder: one run folder per lr (result.json), summary.json"),
-    backbone: str = typer.Option(None, help="Registry name; default: the name stored in the weights file"),
+    backbone: str = typer.Option(None, help=BACKBONE_HELP),
     lr: list[str] = typer.Option(None, "--lr", help="lr grid: --lr 30 10 1 0.3 0.1 0.03 0.01 (default)"),
     epochs: int = typer.Option(100),
     batch_size: int = typer.Option(256, help="Total batch size over all processes"),
     weight_decay: float = typer.Option(1e-6),
     cached: bool = typer.Option(False, "--cached", help="Deviation: train every lr at once on cached "
                                 "centre-crop features (no augmentation)"),
-    image_size: int = typer.Option(224, help="Crop side (train RandomResizedCrop, val centre crop)"),
-    resize: int = typer.Option(256, help="Val short side before the centre crop"),
     min_scale: float = typer.Option(0.08, help="RandomResizedCrop minimum scale (reference code 0.08)"),
-    workers: int = typer.Option(8, help="Data-loading processes per training process"),
-    cache_dir: Path = typer.Option(None, help="Feature cache (default: ~/.cache/vicregl/features)"),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write cached features"),
-    bn_recalibration: bool = typer.Option(None, "--bn-recalibration/--no-bn-recalibration",
-                                          help="Re-estimate BatchNorm statistics on train images "
-                                          "(default: on for --weights random only)"),
-    bn_batches: int = typer.Option(100, help="Batches for the BatchNorm re-estimation"),
     seed: int = typer.Option(0, help="Head init, batch order, random init seed"),
-    device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)"),
-    slurm: bool = typer.Option(False, "--slurm", help="Run each lr as its own SLURM job (submitit)"),
-    partition: str = typer.Option(None, help="--slurm: partition"),
-    nodes: int = typer.Option(1, help="--slurm: nodes per job"),
-    gpus_per_node: int = typer.Option(1, help="--slurm: GPUs (= tasks) per node"),
-    cpus_per_task: int = typer.Option(10, help="--slurm: CPU cores per task"),
-    mem_gb: int = typer.Option(None, help="--slurm: memory per node (GB)"),
-    time: int = typer.Option(1440, "--time", help="--slurm: time limit per job in minutes"),
-    account: str = typer.Option(None, help="--slurm: account"),
-    slurm_cluster: str = typer.Option("slurm", help="--slurm: 'slurm', or 'local' (jobs on this machine)"),
+    *,
+    features: FeatureOptions,
+    run: RunOptions,
 ) -> None:
     """Linear probe on frozen features, with a learning-rate sweep (or --cached: all lrs at once)."""
-    from vicregl_cli.evaluate.features import default_cache_dir
-    from vicregl_cli.evaluate.linear import DEFAULT_LRS, LinearConfig, run_linear
-    from vicregl_cli.sweep import SlurmOptions, parse_grid
+    from vicregl_cli.backbones.weights import resolve_weights
+    from vicregl_cli.evaluate import linear as protocol
+    from vicregl_cli.sweep import parse_grid, run_protocol
 
-    config = LinearConfig(
-        data=data, out=out, weights=weights, backbone=backbone,
-        lrs=parse_grid([*(lr or []), *ctx.args], "--lr") or list(DEFAULT_LRS), epochs=epochs,
-        batch_size=batch_size, weight_decay=weight_decay, image_size=image_size, resize=resize,
-        min_scale=min_scale, cached=cached,
-        num_workers=workers, cache_dir=None if no_cache else cache_dir or default_cache_dir(),
-        recalibrate_bn=bn_recalibration, bn_batches=bn_batches, seed=seed, device=device,
-    )
-    options = SlurmOptions(
-        partition=partition, nodes=nodes, gpus_per_node=gpus_per_node, cpus_per_task=cpus_per_task,
-        mem_gb=mem_gb, time_min=time, account=account, cluster=slurm_cluster,
-    ) if slurm else None  # fmt: skip
-    run_linear(config, options)
+    config = protocol.LinearConfig(
+        data=data, lrs=tuple(parse_grid([*(lr or []), *ctx.args], "--lr") or protocol.DEFAULT_LRS),
+        epochs=epochs, batch_size=batch_size, weight_decay=weight_decay, min_scale=min_scale, cached=cached,
+        seed=seed, device=run.device, **asdict(features),
+    )  # fmt: skip
+    run_protocol(protocol, config, resolve_weights(weights, backbone, seed), out, run)
 
 
 @app.command()
+@with_run_options()
 def semi(
-    weights: str = typer.Option(..., help="Weights file (backbone.pth, checkpoint.pth, release) or 'random'"),
+    weights: str = typer.Option(..., help=WEIGHTS_HELP),
     data: Path = typer.Option(..., help="Root holding train/ and val/ in ImageFolder layout"),
     out: Path = typer.Option(..., help="Sweep folder: a run folder per (backbone lr, head lr), summary.json"),
-    backbone: str = typer.Option(None, help="Registry name; default: the name stored in the weights file"),
+    backbone: str = typer.Option(None, help=BACKBONE_HELP),
     percent: int = typer.Option(None, help="Labelled share: 1 or 10 (seeded class-balanced subset)"),
     split_file: Path = typer.Option(None, help="SimCLR split file (1percent.txt / 10percent.txt) instead"),
     lr_backbone: list[str] = typer.Option(None, help="Backbone lr grid, comma list or repeated "
@@ -203,43 +175,33 @@ def semi(
     min_scale: float = typer.Option(0.08, help="RandomResizedCrop minimum scale (reference code 0.08)"),
     workers: int = typer.Option(8, help="Data-loading processes per training process"),
     seed: int = typer.Option(0, help="Subset, head init, batch order, random init seed"),
-    device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)"),
-    slurm: bool = typer.Option(False, "--slurm", help="Run each grid point as its own SLURM job (submitit)"),
-    partition: str = typer.Option(None, help="--slurm: partition"),
-    nodes: int = typer.Option(1, help="--slurm: nodes per job"),
-    gpus_per_node: int = typer.Option(1, help="--slurm: GPUs (= tasks) per node"),
-    cpus_per_task: int = typer.Option(10, help="--slurm: CPU cores per task"),
-    mem_gb: int = typer.Option(None, help="--slurm: memory per node (GB)"),
-    time: int = typer.Option(1440, "--time", help="--slurm: time limit per job in minutes"),
-    account: str = typer.Option(None, help="--slurm: account"),
-    slurm_cluster: str = typer.Option("slurm", help="--slurm: 'slurm', or 'local' (jobs on this machine)"),
+    *,
+    run: RunOptions,
 ) -> None:
     """Semi-supervised fine-tuning on 1 % or 10 % of the labels (grid over backbone and head lrs)."""
-    from vicregl_cli.evaluate.semi import SemiConfig, run_semi
-    from vicregl_cli.sweep import SlurmOptions, parse_grid
+    from vicregl_cli.backbones.weights import resolve_weights
+    from vicregl_cli.evaluate import semi as protocol
+    from vicregl_cli.sweep import parse_grid, run_protocol
 
-    config = SemiConfig(
-        data=data, out=out, weights=weights, backbone=backbone, percent=percent, split_file=split_file,
-        lrs_backbone=parse_grid(lr_backbone, "--lr-backbone") or None,
-        lrs_head=parse_grid(lr_head, "--lr-head") or None, epochs=epochs, batch_size=batch_size,
+    config = protocol.SemiConfig(
+        data=data, percent=percent, split_file=split_file,
+        lrs_backbone=tuple(parse_grid(lr_backbone, "--lr-backbone")) or None,
+        lrs_head=tuple(parse_grid(lr_head, "--lr-head")) or None, epochs=epochs, batch_size=batch_size,
         image_size=image_size, resize=resize, min_scale=min_scale, num_workers=workers, seed=seed,
-        device=device,
-    )
-    options = SlurmOptions(
-        partition=partition, nodes=nodes, gpus_per_node=gpus_per_node, cpus_per_task=cpus_per_task,
-        mem_gb=mem_gb, time_min=time, account=account, cluster=slurm_cluster,
-    ) if slurm else None  # fmt: skip
-    run_semi(config, options)
+        device=run.device,
+    )  # fmt: skip
+    run_protocol(protocol, config, resolve_weights(weights, backbone, seed), out, run)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+@app.command(context_settings=EXTRA_ARGS)
+@with_run_options(gpus_per_node=4)
 def segment(
     ctx: typer.Context,
-    weights: str = typer.Option(..., help="Weights (backbone.pth, checkpoint.pth, release file) or 'random'"),
-    dataset: str = typer.Option(..., help="voc, voc-aug, cityscapes or ade20k (configs/segment/*.py)"),
+    weights: str = typer.Option(..., help=WEIGHTS_HELP),
+    dataset: str = typer.Option(..., help="voc, voc-aug, cityscapes or ade20k (vicregl_cli/configs/segment)"),
     data_root: Path = typer.Option(..., help="Dataset root, e.g. VOCdevkit/VOC2012"),
     out: Path = typer.Option(..., help="Sweep folder: one run folder per lr, summary.json"),
-    backbone: str = typer.Option(None, help="Registry name; default: the name stored in the weights file"),
+    backbone: str = typer.Option(None, help=BACKBONE_HELP),
     protocol: str = typer.Option("linear", help="linear (BN + 1x1 conv) or fcn (mmseg's FCNHead, ResNet)"),
     frozen: bool = typer.Option(True, "--frozen/--finetune", help="Freeze weights and BN statistics"),
     lr: list[str] = typer.Option(None, help="Learning rates, --lr 0.1 0.05 (a sweep); default: papers' grid"),
@@ -252,51 +214,54 @@ def segment(
     ),
     gpus: int = typer.Option(1, help="--export-only: GPUs the config is written for (batch split, SyncBN)"),
     workers: int = typer.Option(4, help="Data-loading processes per training process"),
-    seed: int = typer.Option(0, help="mmengine randomness seed"),
-    slurm: bool = typer.Option(False, "--slurm", help="Run each lr as its own SLURM job (submitit)"),
-    nodes: int = typer.Option(1, help="--slurm: nodes per job"),
-    gpus_per_node: int = typer.Option(4, help="--slurm: GPUs (= tasks) per node"),
-    partition: str = typer.Option(None, help="--slurm: partition"),
-    time: int = typer.Option(1440, "--time", help="--slurm: time limit per job in minutes"),
+    seed: int = typer.Option(0, help="mmengine randomness seed; random init seed"),
+    *,
+    run: RunOptions,
 ) -> None:
     """Semantic segmentation transfer (linear / FCN heads) on mmsegmentation, with a learning-rate sweep."""
     import os
 
-    from vicregl_cli.sweep import SlurmOptions, parse_grid
-    from vicregl_cli.transfer.mmseg import segment as run_segment
-    from vicregl_cli.transfer.mmseg_config import SegmentSettings
+    from vicregl_cli.backbones.weights import resolve_weights
+    from vicregl_cli.sweep import parse_grid, run_protocol
+    from vicregl_cli.transfer import segment as segmentation
+    from vicregl_cli.transfer.segment_plan import SegmentSettings
 
     lr_values, options = list(lr or []), list(cfg_options or [])
     for extra in ctx.args:  # `--lr 0.1 0.05` / `--cfg-options a=1 b=2`: values with "=" are cfg options
         (options if "=" in extra else lr_values).append(extra)
-    lrs = parse_grid(lr_values, "--lr")
-    if slurm:
-        processes = nodes * gpus_per_node
+    if export_only and run.slurm is not None:
+        raise UserError("--export-only writes the configs here and trains nothing: drop --slurm")
+    if run.slurm is not None:
+        processes = run.slurm.tasks
     elif export_only:
         processes = gpus
     else:
         processes = int(os.environ.get("WORLD_SIZE", "1"))
     settings = SegmentSettings(
         dataset=dataset, data_root=data_root, protocol=protocol, frozen=frozen,
-        backbone=backbone, weights=None if weights == "random" else Path(weights),
-        iters=iters, batch_size=batch_size, crop_size=crop_size, processes=processes, workers=workers,
-        seed=seed, cfg_options=options,
-    )
-    slurm_options = (
-        SlurmOptions(partition=partition, nodes=nodes, gpus_per_node=gpus_per_node, time_min=time)
-        if slurm else None
-    )
-    run_segment(settings, lrs or None, out, export_only=export_only, slurm=slurm_options)
+        lrs=tuple(parse_grid(lr_values, "--lr")) or None, iters=iters, batch_size=batch_size,
+        crop_size=crop_size, processes=processes, workers=workers, seed=seed, device=run.device,
+        cfg_options=tuple(options),
+    )  # fmt: skip
+    resolved = resolve_weights(weights, backbone, seed)
+    if run.dry_run or not export_only:
+        run_protocol(segmentation, settings, resolved, out, run)
+        return
+    for config_path in segmentation.export_points(segmentation.plan(settings, resolved), out):
+        typer.echo(f"# {config_path.parent.name}")
+        for command in segmentation.train_commands(config_path, processes):
+            typer.echo(command)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+@app.command(context_settings=EXTRA_ARGS)
+@with_run_options()
 def detect(
     ctx: typer.Context,
+    weights: str = typer.Option(..., help=WEIGHTS_HELP),
     dataset: str = typer.Option(..., help="voc (one VOC folder: train -> val), voc0712, coco, coco-10pct"),
     data_root: Path = typer.Option(..., help="VOC folder, VOCdevkit (voc0712) or COCO root"),
     out: Path = typer.Option(..., help="Output: sweep folder (one run per lr), or the .pkl + config"),
-    weights: str = typer.Option(..., help="Backbone weights (any format the registry reads) or random"),
-    backbone: str = typer.Option(None, help="Registry name; default: the name stored in the weights file"),
+    backbone: str = typer.Option(None, help=BACKBONE_HELP),
     engine: str = typer.Option(None, help="detectron2 or torchvision (default: detectron2 when installed)"),
     lr: list[str] = typer.Option(None, "--lr", help="Learning rates (a sweep): --lr 0.02 0.01 (0.02 x B/16)"),
     iters: int = typer.Option(None, help="Iterations (24k VOC, 90k COCO); lr steps scale with it"),
@@ -312,32 +277,37 @@ def detect(
     proposals_test: int = typer.Option(None, help="torchvision: proposals kept after NMS, test (1000)"),
     precise_bn_iters: int = typer.Option(200, help="torchvision: PreciseBN batches before evaluation"),
     workers: int = typer.Option(2, help="torchvision: data-loading processes"),
-    device: str = typer.Option("auto", help="torchvision: cuda, cpu or auto"),
-    seed: int = typer.Option(0, help="torchvision: init, batch order and flip seed"),
+    seed: int = typer.Option(0, help="Random init; torchvision: head init, batch order and flip seed"),
+    *,
+    run: RunOptions,
 ) -> None:
     """Object detection transfer (Faster R-CNN C4) on detectron2 or the embedded torchvision engine."""
-    from vicregl_cli.sweep import parse_grid
-    from vicregl_cli.transfer.detectron2 import run_detect
+    from vicregl_cli.backbones.weights import resolve_weights
+    from vicregl_cli.sweep import parse_grid, run_protocol
+    from vicregl_cli.transfer import detect as protocol
+    from vicregl_cli.transfer.detectron2_run import launch_command
     from vicregl_cli.transfer.tv_detection import DetectionSettings
 
-    train_sizes = tuple(parse_grid([min_sizes] if min_sizes else [], "--min-sizes", int)) or None
     settings = DetectionSettings(
-        batch_size=batch_size, min_sizes=train_sizes,
+        min_sizes=tuple(parse_grid([min_sizes] if min_sizes else [], "--min-sizes", int)) or None,
         test_size=test_size, max_size=max_size, rois_per_image=rois_per_image,
         rpn_batch_per_image=rpn_batch_per_image, proposals_train=proposals_train,
-        proposals_test=proposals_test,
-        precise_bn_iters=precise_bn_iters, workers=workers, device=device, seed=seed,
+        proposals_test=proposals_test, precise_bn_iters=precise_bn_iters, workers=workers, seed=seed,
     )  # fmt: skip
-    result = run_detect(
-        backbone=backbone, weights=None if weights == "random" else Path(weights), dataset=dataset,
-        data_root=data_root, out=out, engine=engine,
-        lrs=parse_grid([*(lr or []), *ctx.args], "--lr"), settings=settings, iters=iters,
-        export_only=export_only, num_gpus=num_gpus,
+    config = protocol.DetectConfig(
+        dataset=dataset, data_root=data_root, engine=engine,
+        lrs=tuple(parse_grid([*(lr or []), *ctx.args], "--lr")) or None, iters=iters, batch_size=batch_size,
+        num_gpus=num_gpus, settings=settings, device=run.device,
     )  # fmt: skip
-    if export_only:
-        typer.echo(f"wrote {result.weights} ({result.num_tensors} tensors) and {result.config}")
-        typer.echo(f"train: python -m vicregl_cli.transfer.detectron2_train --config {result.config} "
-                   f"--num-gpus {num_gpus}")  # fmt: skip
+    resolved = resolve_weights(weights, backbone, seed)
+    if export_only and run.slurm is not None:
+        raise UserError("--export-only writes the .pkl and config here and trains nothing: drop --slurm")
+    if run.dry_run or not export_only:
+        run_protocol(protocol, config, resolved, out, run)
+        return
+    result = protocol.export(config, resolved, out)
+    typer.echo(f"wrote {result.weights} ({result.num_tensors} tensors) and {result.config}")
+    typer.echo("train: " + " ".join(launch_command(result.config, num_gpus)))
 
 
 @app.command()
@@ -348,10 +318,16 @@ def synth(
     image_size: int = typer.Option(96, help="Image side in pixels"),
     seed: int = typer.Option(0, help="Seed: the same seed writes the same bytes"),
     workers: int = typer.Option(2, help="Processes drawing images (the output does not depend on it)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check the arguments, print what would be written"),
 ) -> None:
     """Write the synthetic dataset (ImageFolder + VOC layouts)."""
-    from vicregl_cli.data.synthetic import generate
+    from vicregl_cli.data.synthetic import check_arguments, generate
 
+    if dry_run:
+        check_arguments(out, num_train, num_val, image_size, workers)
+        typer.echo(f"would write {num_train} + {num_val} images of {image_size}x{image_size} (seed {seed})"
+                   f" to {out}/classification and {out}/VOC2012; dry run: nothing was written")
+        return
     generate(out, num_train=num_train, num_val=num_val, image_size=image_size, seed=seed, workers=workers)
     typer.echo(f"wrote {num_train} + {num_val} images of {image_size}x{image_size} to {out}")
 
@@ -381,6 +357,7 @@ def report(
     metric: str = typer.Option(None, help="Metric that picks the best row (default: each record's first)"),
     title: str = typer.Option("results", help="Table title"),
     output: Path = typer.Option(None, help="Write md / csv here instead of printing it"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Read the records, print what would be shown"),
 ) -> None:
     """Print or export the results of finished evaluation runs (the best row marked)."""
     from vicregl_cli.errors import UserError
@@ -390,6 +367,10 @@ def report(
         raise UserError(f"--format must be table, md or csv, got {format!r}")
     records = read_results(paths)
     metric = metric or default_metric(records)
+    if dry_run:
+        typer.echo(f"would show {len(records)} record(s) ranked by {metric} as {format}"
+                   + (f" into {output}" if output else "") + "; dry run: nothing was written")
+        return
     if format == "table":
         print_table(records, metric, title)
         return

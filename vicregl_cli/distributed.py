@@ -130,7 +130,7 @@ def read_launch_env(environ: Mapping[str, str]) -> LaunchEnv:
 
 
 def resolve_device(device: str | None) -> str:
-    """`--device`: None or "auto" -> "cuda" when a GPU is visible, else "cpu"; "cuda" without a GPU is an error."""
+    """`--device`: None or "auto" -> "cuda" when a GPU is visible, else "cpu"; "cuda" needs a visible GPU."""
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     kind = torch.device(device).type
@@ -181,6 +181,11 @@ def init_distributed(device: str) -> DistEnv:
         backend=dist.get_backend(),
         device=compute_device,
     )
+
+
+def compute_device(device: str | None) -> torch.device:
+    """Join the torchrun / SLURM process group if any; this rank's device (cuda:<local rank> on GPUs)."""
+    return torch.device(init_distributed(resolve_device(device)).device)
 
 
 class _GatherWithGrad(torch.autograd.Function):

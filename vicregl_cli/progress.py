@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -19,6 +20,7 @@ from rich.progress import (
 )
 
 console = Console(stderr=True)
+T = TypeVar("T")
 
 
 @dataclass
@@ -32,6 +34,12 @@ class Tracker:
     task_id: int | None = None
     completed: int = 0
     started: float = field(default_factory=time.perf_counter)
+
+    def wrap(self, items: Iterable[T]) -> Iterator[T]:
+        """Yield `items`, advancing one step after each (for loops run by another library's function)."""
+        for item in items:
+            yield item
+            self.advance()
 
     def advance(self, steps: int = 1, **fields: float | str) -> None:
         self.completed += steps

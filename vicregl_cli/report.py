@@ -1,24 +1,27 @@
-"""The one results record every evaluation writes (result.json), and the tables `report` and sweeps print."""
+"""The one results record every evaluation writes (result.json, through the sweep runner), and the tables
+`report` and sweeps print."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-import os
-import platform
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from vicregl_cli.errors import UserError
 
+if TYPE_CHECKING:
+    from vicregl_cli.backbones.weights import WeightsRef
+
 RESULT_FILE = "result.json"
 SUMMARY_FILE = "summary.json"
-RANDOM_WEIGHTS = "random"
 REQUIRED_FIELDS = (
+    "run",
     "protocol",
     "backbone",
     "weights",
@@ -32,38 +35,45 @@ REQUIRED_FIELDS = (
 
 def make_result(
     protocol: str,
-    backbone: str,
-    weights: str | Path | None,
+    weights: WeightsRef | None,
     dataset: str,
     params: dict,
     metrics: dict[str, float],
     wall_time_s: float,
 ) -> dict:
-    """Build a result record; `weights` None or "random" means random init, else its sha256 is recorded."""
-    import torch
+    """A results record (every protocol the same keys); the weights entry names the file and its sha256."""
+    import platform
 
     import vicregl_cli
 
-    if weights is None or str(weights) == RANDOM_WEIGHTS:
-        weights_record = {"path": RANDOM_WEIGHTS, "sha256": None}
-    else:
-        from vicregl_cli.backbones import weights_sha256
-
-        weights_record = {"path": str(Path(weights).resolve()), "sha256": weights_sha256(weights)}
     return {
         "protocol": protocol,
-        "backbone": backbone,
-        "weights": weights_record,
+        "backbone": None if weights is None else weights.backbone,
+        "weights": {"path": None, "sha256": None, "seed": None} if weights is None else weights.record(),
         "dataset": str(dataset),
         "params": _jsonable(params),
         "metrics": {name: float(value) for name, value in metrics.items()},
         "wall_time_s": float(wall_time_s),
         "versions": {
             "vicregl": vicregl_cli.__version__,
-            "torch": torch.__version__,
+            "torch": _version("torch"),
             "python": platform.python_version(),
         },
     }
+
+
+def _version(package: str) -> str | None:
+    """An installed package's version: the imported module's own (with its local tag, e.g. +cu130), else
+    its metadata's (a run that never needed the package does not import it for the record)."""
+    from importlib import metadata
+
+    module = sys.modules.get(package)
+    if module is not None and hasattr(module, "__version__"):
+        return str(module.__version__)
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _jsonable(value: Any) -> Any:
@@ -75,33 +85,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
-
-
-def write_json_atomic(path: Path, content: Any) -> Path:
-    """Write JSON to a temporary file beside `path`, then rename it: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(content, indent=2, sort_keys=False) + "\n")
-    os.replace(temporary, path)
-    return path
-
-
-def write_result(run_dir: Path, record: dict) -> Path:
-    """Write `run_dir/result.json` (write then rename) and return its path."""
-    return write_json_atomic(Path(run_dir) / RESULT_FILE, record)
-
-
-def write_summary(out_dir: Path, records: list[dict], metric: str, title: str) -> Path:
-    """Write `out_dir/summary.json`: the sweep's title, ranking metric, best run and every run's record."""
-    best = best_record(records, metric)
-    content = {
-        "title": title,
-        "metric": metric,
-        "best": None if best is None else best.get("run"),
-        "runs": records,
-    }
-    return write_json_atomic(Path(out_dir) / SUMMARY_FILE, content)
 
 
 def _load_json(path: Path) -> Any:
@@ -185,7 +168,8 @@ def _metric_names(records: list[dict]) -> list[str]:
 def _weights_label(record: dict) -> str:
     weights = record["weights"]
     if weights.get("sha256") is None:
-        return str(weights.get("path"))
+        seed = weights.get("seed")
+        return f"{weights.get('path')}(seed={seed})" if seed is not None else str(weights.get("path"))
     return f"{Path(weights['path']).name} ({weights['sha256'][:8]})"
 
 
@@ -207,7 +191,7 @@ IDENTITY_COLUMNS = ("protocol", "backbone", "weights", "dataset")
 def _identity(record: dict) -> dict[str, str]:
     return {
         "protocol": record["protocol"],
-        "backbone": record["backbone"],
+        "backbone": str(record["backbone"] or "-"),
         "weights": _weights_label(record),
         "dataset": record["dataset"],
     }

@@ -1,52 +1,64 @@
-"""The hyper-parameter sweep runner shared by linear, semi, segment and detect: one run folder per grid point,
-finished runs skipped, here in sequence or as one SLURM job per point through submitit."""
+"""The sweep runner every evaluation goes through: one run folder per point, finished runs skipped, here in
+sequence or one SLURM job per point (submitit), and the only writer of result.json and summary.json."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from vicregl_cli.errors import UserError
-from vicregl_cli.report import RESULT_FILE, print_table, read_results, write_result, write_summary
+from vicregl_cli.files import write_json_atomic
+from vicregl_cli.options import RunOptions, SlurmOptions, executor_parameters, make_executor
+from vicregl_cli.report import (
+    RESULT_FILE,
+    SUMMARY_FILE,
+    best_record,
+    default_metric,
+    make_result,
+    print_table,
+    read_results,
+)
+
+if TYPE_CHECKING:
+    from vicregl_cli.backbones.weights import WeightsRef
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9._=+-]+$")
 
 
 @dataclass(frozen=True)
 class SweepPoint:
-    """One grid point: `name` is its run folder below the sweep folder, `params` what run_point needs."""
+    """One run of a protocol: `name` is its run folder, `params` its recorded hyper-parameters, `task`
+    what `run_point` needs besides them (the protocol's checked config). A point with `members` computes
+    several runs in one call (linear --cached: every learning rate's head at once); its run_point returns
+    {member name: metrics}."""
 
     name: str
-    params: dict
+    protocol: str
+    params: dict[str, Any]
+    weights: WeightsRef | None = None
+    dataset: str = ""
+    task: Any = None
+    folder: Path | None = None  # set by run_sweep: out / name
+    members: tuple[SweepPoint, ...] = ()
+
+    @property
+    def runs(self) -> tuple[SweepPoint, ...]:
+        """The runs this point records: its members, or itself."""
+        return self.members or (self,)
 
 
-@dataclass
-class SlurmOptions:
-    """How each grid point runs as its own SLURM job (`cluster="local"`: as local processes, for tests)."""
-
-    partition: str | None = None
-    nodes: int = 1
-    gpus_per_node: int = 1
-    tasks_per_node: int | None = None
-    cpus_per_task: int = 10
-    mem_gb: int | None = None
-    time_min: int = 24 * 60
-    folder: Path | None = None
-    cluster: str = "slurm"
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
-    additional: dict = field(default_factory=dict)
-
-
-RunPoint = Callable[[SweepPoint, Path], dict]
+RunPoint = Callable[[SweepPoint], dict]
 
 
 def point_name(prefix: str, **values: float | str) -> str:
-    """A run-folder name from a prefix and values, e.g. point_name("lr", lr=0.3) -> "lr=0.3"."""
+    """A run-folder name from a prefix and values, e.g. point_name("", lr=0.3) -> "lr=0.3"."""
     parts = [
         f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}" for key, value in values.items()
     ]
@@ -67,10 +79,11 @@ def parse_grid(tokens: Sequence[str] | None, option: str, cast: Callable[[str], 
     return values
 
 
-def _check_points(points: list[SweepPoint]) -> None:
+def check_points(points: list[SweepPoint]) -> None:
+    """At least one point, each run named once, every name usable as a folder name."""
     if not points:
         raise UserError("the sweep has no grid points; give at least one value for each swept option")
-    names = [point.name for point in points]
+    names = [run.name for point in points for run in point.runs]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise UserError(f"the sweep repeats grid points {duplicates}; give each value once")
@@ -81,15 +94,6 @@ def _check_points(points: list[SweepPoint]) -> None:
         )
 
 
-def run_and_write(run_point: RunPoint, point: SweepPoint, run_dir: Path) -> dict:
-    """Run one point and write its result.json (main process only): one sequential step or SLURM job."""
-    record = dict(run_point(point, run_dir))
-    record["run"] = point.name
-    if _is_main_process():
-        write_result(run_dir, record)
-    return record
-
-
 def _is_main_process() -> bool:
     """Rank 0, or no process group. A group exists only if run_point imported torch.distributed, so a job
     whose run never needed torch does not import it here (each SLURM / local job is a fresh process)."""
@@ -97,84 +101,112 @@ def _is_main_process() -> bool:
     return distributed is None or not distributed.is_initialized() or distributed.get_rank() == 0
 
 
-def _executor(options: SlurmOptions, out_dir: Path, title: str):
-    import submitit
+def _record(run: SweepPoint, metrics: dict, wall_time_s: float) -> dict:
+    record = make_result(run.protocol, run.weights, run.dataset, run.params, metrics, wall_time_s)
+    return {"run": run.name, **record}
 
-    folder = options.folder if options.folder is not None else out_dir / "slurm" / "%j"
-    executor = submitit.AutoExecutor(folder=folder, cluster=options.cluster)
-    tasks = options.tasks_per_node if options.tasks_per_node is not None else max(1, options.gpus_per_node)
-    parameters: dict = {
-        "name": title[:64].replace(" ", "_") or "vicregl",
-        "nodes": options.nodes,
-        "gpus_per_node": options.gpus_per_node,
-        "tasks_per_node": tasks,
-        "cpus_per_task": options.cpus_per_task,
-        "timeout_min": options.time_min,
-    }
-    if options.mem_gb is not None:
-        parameters["mem_gb"] = options.mem_gb
-    slurm_only = {
-        "slurm_partition": options.partition,
-        "slurm_account": options.account,
-        "slurm_qos": options.qos,
-        "slurm_constraint": options.constraint,
-        "slurm_additional_parameters": options.additional or None,
-    }
-    if options.cluster == "slurm":
-        parameters.update({key: value for key, value in slurm_only.items() if value is not None})
-    executor.update_parameters(**parameters)
-    return executor
+
+def execute_point(run_point: RunPoint, point: SweepPoint) -> list[dict]:
+    """Run one point and write the result.json of each of its runs (main process only): one sequential step
+    or one SLURM job."""
+    started = time.perf_counter()
+    outcome = run_point(point)
+    wall_time_s = time.perf_counter() - started
+    per_run = outcome if point.members else {point.name: outcome}
+    records = [_record(run, per_run[run.name], wall_time_s) for run in point.runs]
+    if _is_main_process():
+        for run, record in zip(point.runs, records, strict=True):
+            write_json_atomic(run.folder / RESULT_FILE, record)
+    return records
+
+
+def _placed(points: list[SweepPoint], out_dir: Path) -> list[SweepPoint]:
+    """Each point and member with its run folder."""
+    def place(point: SweepPoint) -> SweepPoint:
+        members = tuple(place(member) for member in point.members)
+        return dataclasses.replace(point, folder=out_dir / point.name, members=members)
+
+    return [place(point) for point in points]
+
+
+def _pending(points: list[SweepPoint]) -> list[SweepPoint]:
+    """The points with a run lacking its result.json (a grouped point keeps only its unfinished members)."""
+    pending = []
+    for point in points:
+        todo = tuple(run for run in point.runs if not (run.folder / RESULT_FILE).is_file())
+        if todo and point.members:
+            pending.append(dataclasses.replace(point, members=todo))
+        elif todo:
+            pending.append(point)
+    return pending
 
 
 def run_sweep(
-    out_dir: Path,
     points: list[SweepPoint],
     run_point: RunPoint,
     *,
-    metric: str,
+    out_dir: Path,
     title: str,
-    slurm: SlurmOptions | None = None,
+    metric: str | None,
+    options: RunOptions | None = None,
 ) -> list[dict]:
-    """Run every point without a result.json (in order, or one submitit job each), then write summary.json and
-    print the table with the best row (by `metric`) marked. Returns the records in the order of `points`."""
-    _check_points(points)
+    """Run every unfinished point (in order, or one submitit job each), then write summary.json and print
+    the table with the best row (by `metric`) marked. `--dry-run` prints the plan and runs nothing. Returns
+    the records of every run, in the order of `points`."""
+    options = options or RunOptions()
+    check_points(points)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    finished = {point.name for point in points if (out_dir / point.name / RESULT_FILE).is_file()}
-    pending = [point for point in points if point.name not in finished]
+    points = _placed(points, out_dir)
+    pending = _pending(points)
+    if options.dry_run:
+        print_plan(points, pending, title, options.slurm, out_dir)
+        return []
+    finished = [run.name for point in points for run in point.runs if (run.folder / RESULT_FILE).is_file()]
     if finished:
-        print(f"{title}: skipping {len(finished)} finished run(s): {sorted(finished)}", file=sys.stderr)
+        print(f"{title}: skipping {len(finished)} finished run(s): {finished}", file=sys.stderr)
     failures: list[str] = []
-    if slurm is None:
+    if options.slurm is None:
         for point in pending:
-            run_and_write(run_point, point, out_dir / point.name)
+            execute_point(run_point, point)
     elif pending:
-        failures = _run_on_slurm(out_dir, pending, run_point, slurm, title)
+        failures = _run_on_slurm(out_dir, pending, run_point, options.slurm, title)
     distributed = sys.modules.get("torch.distributed")
     if distributed is not None and distributed.is_initialized():  # torchrun: rank 0 wrote every result
         distributed.barrier()
-    records = [
-        read_results([out_dir / point.name / RESULT_FILE])[0]
-        for point in points
-        if (out_dir / point.name / RESULT_FILE).is_file()
-    ]
-    if _is_main_process():
-        write_summary(out_dir, records, metric, title)
+    files = [run.folder / RESULT_FILE for point in points for run in point.runs]
+    records = [read_results([file])[0] for file in files if file.is_file()]
+    if _is_main_process() and records:
+        metric = metric or default_metric(records)
+        best = best_record(records, metric)
+        summary = {"title": title, "metric": metric, "best": best and best["run"], "runs": records}
+        write_json_atomic(out_dir / SUMMARY_FILE, summary)
         print_table(records, metric, title)
     if failures:
         raise RuntimeError(f"{title}: {len(failures)} run(s) failed:\n" + "\n".join(failures))
     return records
 
 
+def run_protocol(
+    protocol: ModuleType, config: Any, weights: WeightsRef, out_dir: Path, options: RunOptions | None = None
+) -> list[dict]:
+    """Every evaluation's path: `protocol.plan(config, weights)` checks everything and returns the points,
+    then run_sweep runs `protocol.run_point` on them, ranking by `protocol.METRIC`."""
+    points = protocol.plan(config, weights)
+    return run_sweep(
+        points, protocol.run_point, out_dir=out_dir, title=points[0].protocol, metric=protocol.METRIC,
+        options=options,
+    )  # fmt: skip
+
+
 def _run_on_slurm(
     out_dir: Path, pending: list[SweepPoint], run_point: RunPoint, slurm: SlurmOptions, title: str
 ) -> list[str]:
     """Submit one job per pending point, wait for all; return a line per failed job (its error and logs)."""
-    executor = _executor(slurm, out_dir, title)
+    executor = make_executor(slurm, out_dir / "slurm" / "%j", title)
     jobs = []
     with executor.batch():
         for point in pending:
-            jobs.append(executor.submit(run_and_write, run_point, point, out_dir / point.name))
+            jobs.append(executor.submit(execute_point, run_point, point))
     print(f"{title}: submitted {len(jobs)} job(s): {[job.job_id for job in jobs]}", file=sys.stderr)
     failures = []
     for point, job in zip(pending, jobs, strict=True):
@@ -183,3 +215,46 @@ def _run_on_slurm(
         except Exception as error:  # noqa: BLE001 - one failed job must not hide the others' results
             failures.append(f"  {point.name} (job {job.job_id}, logs {job.paths.stderr}): {error}")
     return failures
+
+
+def print_plan(
+    points: list[SweepPoint], pending: list[SweepPoint], title: str, slurm: SlurmOptions | None, out_dir: Path
+) -> None:
+    """`--dry-run`: the weights (with sha256), the dataset, every point with its params, what would be
+    skipped, and the SLURM job that would be submitted per point. Writes and submits nothing."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console() if Console().is_terminal else Console(width=200)
+    runs = [run for point in points for run in point.runs]
+    todo = {run.name for point in pending for run in point.runs}
+    console.print(f"[bold]{title}[/bold] — dry run: {len(runs)} run(s), {len(todo)} to do, into {out_dir}")
+    weights = runs[0].weights
+    if weights is not None:
+        console.print(
+            f"weights: {weights.backbone}, {weights.path or 'random init'}, sha256 {weights.sha256 or '-'}, "
+            f"options {weights.options or '{}'}, seed {weights.seed}",
+            soft_wrap=True,
+            markup=False,
+        )
+    console.print(f"dataset: {runs[0].dataset}")
+    table = Table(show_lines=False)
+    for column in ("run", "protocol", "status", "params"):
+        table.add_column(column, overflow="fold")
+    for point in points:
+        for run in point.runs:
+            params = " ".join(f"{key}={value}" for key, value in run.params.items())
+            together = f" (with {len(point.members)} runs in one job)" if point.members else ""
+            status = "to do" if run.name in todo else "finished (skipped)"
+            table.add_row(run.name, run.protocol, status + together, params)
+    console.print(table)
+    if slurm is not None:
+        slurm.check()
+        parameters = executor_parameters(slurm, title)
+        console.print(
+            f"would submit {len(pending)} SLURM job(s) ({slurm.cluster}), each: {parameters}",
+            soft_wrap=True,
+            markup=False,
+        )
+        console.print(f"  logs under {slurm.folder or out_dir / 'slurm' / '%j'}")
+    console.print("dry run: nothing was trained, written or submitted")

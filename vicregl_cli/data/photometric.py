@@ -18,6 +18,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from vicregl_cli.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+
 BRIGHTNESS = (0.6, 1.4)
 CONTRAST = (0.6, 1.4)
 SATURATION = (0.8, 1.2)
@@ -30,8 +32,6 @@ BLUR_BAND = 56  # output columns per banded product in gaussian_blur_
 BLUR_DENSE_BELOW = 128  # smaller images are blurred with dense products (fewer, larger calls win there)
 SOLARIZE_THRESHOLD = 128
 CHUNK_PIXELS = 64 * 1024  # one 224² crop, or six 96² crops, per call of the element-wise colour ops
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert("L")
 BRIGHTNESS_OP, CONTRAST_OP, SATURATION_OP, HUE_OP = range(4)
 # Uniforms drawn per crop, in this order: jitter on, brightness, contrast, saturation, hue, 4 keys whose

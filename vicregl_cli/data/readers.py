@@ -1,4 +1,5 @@
-"""Readers for the ImageFolder, VOC segmentation and VOC detection layouts that every evaluation reuses.
+"""Readers for the ImageFolder and VOC layouts (split lists, class names, masks, XML annotations) that the
+evaluations reuse.
 
 Every reader checks its layout up front and raises a `UserError` naming the missing folder, the empty split or
 the unreadable file, so a wrong path fails in a second instead of deep inside a training loop.
@@ -15,7 +16,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -136,54 +136,6 @@ def read_split(voc_root: Path, imagesets_sub: str, split: str) -> list[str]:
     return ids
 
 
-def _require_files(paths: Sequence[Path], what: str) -> None:
-    missing = [path for path in paths if not path.is_file()]
-    if missing:
-        shown = ", ".join(str(path) for path in missing[:3])
-        raise UserError(
-            f"{len(missing)} of the {len(paths)} {what} listed in the split are missing, e.g. {shown}"
-        )
-
-
-class VOCSegmentation(Dataset):
-    """VOC segmentation split: items are (RGB image, uint8 mask HxW: 0 background, 1..N classes, 255 ignore).
-
-    With `transform`, items are `transform(image, mask)` instead, so joint crops and flips stay aligned.
-    """
-
-    def __init__(
-        self, voc_root: Path, split: str, transform: Callable[[Image.Image, np.ndarray], Any] | None = None
-    ) -> None:
-        self.root = _require_voc_root(voc_root)
-        self.split = split
-        self.ids = read_split(self.root, "Segmentation", split)
-        self.class_names = voc_class_names(self.root)
-        self.transform = transform
-        _require_files([self.image_path(i) for i in range(len(self.ids))], "images")
-        _require_files([self.mask_path(i) for i in range(len(self.ids))], "masks")
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def image_path(self, index: int) -> Path:
-        return self.root / "JPEGImages" / f"{self.ids[index]}.jpg"
-
-    def mask_path(self, index: int) -> Path:
-        return self.root / "SegmentationClass" / f"{self.ids[index]}.png"
-
-    def __getitem__(self, index: int) -> Any:
-        image = load_rgb(self.image_path(index))
-        mask = read_mask(self.mask_path(index))
-        if mask.shape != (image.height, image.width):
-            raise UserError(
-                f"mask {self.mask_path(index)} is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                f"{image.width}x{image.height}"
-            )
-        if self.transform is not None:
-            return self.transform(image, mask)
-        return image, mask
-
-
 def read_mask(path: Path) -> np.ndarray:
     """A class-index mask from a palette ("P") or grey ("L") PNG; colour-coded RGB masks are refused."""
     try:
@@ -251,27 +203,3 @@ def parse_voc_xml(path: Path, class_names: Sequence[str]) -> VOCAnnotation:
         labels=np.asarray(labels, dtype=np.int64),
         difficult=np.asarray(difficult, dtype=bool),
     )
-
-
-class VOCDetection(Dataset):
-    """VOC detection split (ImageSets/Main): items are (PIL RGB image, VOCAnnotation)."""
-
-    def __init__(self, voc_root: Path, split: str, class_names: Sequence[str] | None = None) -> None:
-        self.root = _require_voc_root(voc_root)
-        self.split = split
-        self.ids = read_split(self.root, "Main", split)
-        self.class_names = list(class_names) if class_names is not None else voc_class_names(self.root)
-        _require_files([self.image_path(i) for i in range(len(self.ids))], "images")
-        _require_files([self.annotation_path(i) for i in range(len(self.ids))], "annotations")
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def image_path(self, index: int) -> Path:
-        return self.root / "JPEGImages" / f"{self.ids[index]}.jpg"
-
-    def annotation_path(self, index: int) -> Path:
-        return self.root / "Annotations" / f"{self.ids[index]}.xml"
-
-    def __getitem__(self, index: int) -> tuple[Image.Image, VOCAnnotation]:
-        return load_rgb(self.image_path(index)), parse_voc_xml(self.annotation_path(index), self.class_names)

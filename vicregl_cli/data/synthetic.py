@@ -398,7 +398,8 @@ def _write_image(job: tuple[str, str, int, int, int]) -> None:
     (voc / "Annotations" / f"{name}.xml").write_text(voc_xml(name, scene))
 
 
-def _check_arguments(out: Path, num_train: int, num_val: int, image_size: int, workers: int) -> None:
+def check_arguments(out: Path, num_train: int, num_val: int, image_size: int, workers: int) -> None:
+    """Every argument error before a file is written (`vicregl synth --dry-run` runs only this)."""
     classes = len(CLASS_NAMES)
     if num_train < classes or num_val < classes:
         raise UserError(
@@ -431,7 +432,7 @@ def generate(
 ) -> None:
     """Write `num_train` + `num_val` scenes to `out/classification` (ImageFolder) and `out/VOC2012`."""
     out = Path(out)
-    _check_arguments(out, num_train, num_val, image_size, workers)
+    check_arguments(out, num_train, num_val, image_size, workers)
     _make_folders(out)
     counts = {"train": num_train, "val": num_val}
     jobs = [(str(out), split, index, seed, image_size) for split in SPLITS for index in range(counts[split])]

@@ -3,6 +3,7 @@ mode sharded across ranks, and an on-disk cache keyed by weights + backbone + tr
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -15,11 +16,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 
+from vicregl_cli.backbones.registry import get_spec
+from vicregl_cli.backbones.weights import WeightsRef
+from vicregl_cli.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from vicregl_cli.distributed import is_main_process, rank, world_size
 from vicregl_cli.errors import UserError
+from vicregl_cli.files import save_torch_atomic
 from vicregl_cli.progress import track
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CACHE_FORMAT = 1
 
 
@@ -59,26 +63,6 @@ def train_transform(crop: int = 224, min_scale: float = 0.08) -> transforms.Comp
     )
 
 
-def resolve_weights(weights: str, backbone: str | None) -> Path | None:
-    """`--weights random` -> None (random init, needs --backbone); otherwise an existing file."""
-    if weights == "random":
-        if backbone is None:
-            raise UserError("--weights random needs --backbone NAME (which architecture to initialise)")
-        return None
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise UserError(f"weights file {path} does not exist; give a checkpoint path or `random`")
-    return path
-
-
-def setup_device(device: str | None) -> torch.device:
-    """Join the torchrun / SLURM process group if any; this rank's device (cuda:<local rank> on GPUs)."""
-    from vicregl_cli.distributed import init_distributed
-
-    env = init_distributed(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return torch.device(env.device)
-
-
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
 
@@ -94,12 +78,12 @@ def recalibrate_batchnorm(
     seed: int = 0,
 ) -> int:
     """Re-estimate every BatchNorm's running statistics as the plain average over `num_batches` batches of a
-    seeded random sample of `dataset` (train mode, momentum None, no gradient); returns the images used.
+    seeded random sample of `dataset` (torch.optim.swa_utils.update_bn: train mode, momentum None, no
+    gradient); returns the images used. Leaves the model in eval mode.
 
     A randomly initialised network's running statistics (mean 0, variance 1) do not describe its activations,
-    so its eval-mode features are meaningless without this. Leaves the model in eval mode."""
-    layers = batchnorm_layers(model)
-    if not layers or num_batches <= 0:
+    so its eval-mode features are meaningless without this."""
+    if not batchnorm_layers(model) or num_batches <= 0:
         model.eval()
         return 0
     generator = torch.Generator().manual_seed(seed)
@@ -108,20 +92,9 @@ def recalibrate_batchnorm(
     loader = DataLoader(
         Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers
     )
-    momenta = [layer.momentum for layer in layers]
-    for layer in layers:
-        layer.reset_running_stats()
-        layer.momentum = None
-    model.train()
-    try:
-        with torch.no_grad(), track("BatchNorm re-estimation", total=len(loader), log_every=20) as tracker:
-            for images, _ in loader:
-                model(images.to(device))
-                tracker.advance()
-    finally:
-        for layer, momentum in zip(layers, momenta, strict=True):
-            layer.momentum = momentum
-        model.eval()
+    with track("BatchNorm re-estimation", total=len(loader), log_every=20) as tracker:
+        torch.optim.swa_utils.update_bn(tracker.wrap(loader), model, device=torch.device(device))
+    model.eval()
     return count
 
 
@@ -140,8 +113,8 @@ def _gather_shards(local: Tensor, size: int, world: int) -> Tensor:
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
     full = local.new_empty((size, *local.shape[1:]))
-    for rank, part in enumerate(parts):
-        full[rank::world] = part[: len(range(rank, size, world))]
+    for source, part in enumerate(parts):
+        full[source::world] = part[: len(range(source, size, world))]
     return full
 
 
@@ -156,8 +129,6 @@ def extract_features(
 ) -> Tensor:
     """Pooled features (N, C) float32 on the CPU, in dataset order: eval mode (BatchNorm statistics
     untouched), no gradient; under torchrun each rank extracts a strided shard, then all ranks gather."""
-    from vicregl_cli.distributed import is_main_process, rank, world_size
-
     world = world_size()
     indices = _shard(len(dataset), rank(), world)
     loader = DataLoader(
@@ -236,8 +207,6 @@ class FeatureExtractor:
 
     def features(self, dataset: Dataset, description: str = "features") -> tuple[Tensor, Tensor]:
         """(features (N, C) float32, labels (N,) int64) for `dataset`, from the cache when present."""
-        from vicregl_cli.distributed import is_main_process
-
         labels = torch.as_tensor(dataset.targets, dtype=torch.int64)
         path = self.cache_path(dataset)
         if path is not None and path.is_file():
@@ -257,16 +226,12 @@ class FeatureExtractor:
             description=description,
         )
         if path is not None and is_main_process():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            torch.save({"features": features, "labels": labels}, temporary)
-            os.replace(temporary, path)
+            save_torch_atomic(path, {"features": features, "labels": labels})
         return features, labels
 
 
 def frozen_extractor(
-    backbone: str | None,
-    weights: Path | None,
+    weights: WeightsRef,
     *,
     device: torch.device,
     batch_size: int,
@@ -277,30 +242,21 @@ def frozen_extractor(
     bn_dataset: Dataset | None = None,
     recalibrate_bn: bool | None = None,
     bn_batches: int = 100,
-    seed: int = 0,
 ) -> FeatureExtractor:
-    """Load the backbone (strictly; random init when `weights` is None, seeded) and describe its features.
+    """The frozen backbone of `weights` on `device`, and what determines its features.
 
     `recalibrate_bn` None means: on for random init, off for loaded weights. `bn_dataset` (training
-    images with the evaluation transform) feeds the re-estimation."""
-    from vicregl_cli.backbones import load_backbone, weights_sha256
-
-    torch.manual_seed(seed)
-    model = load_backbone(backbone, weights).to(device)
+    images with the evaluation transform) feeds the re-estimation, seeded by the weights' seed."""
+    model = weights.build().to(device)
     model.requires_grad_(False)
     model.eval()
-    if recalibrate_bn is None:
-        recalibrate_bn = weights is None
-    has_bn = bool(batchnorm_layers(model))
-    if recalibrate_bn and has_bn and bn_dataset is None:
+    bn_batches = bn_batches_used(weights, recalibrate_bn, bn_batches)
+    if bn_batches and bn_dataset is None:
         raise UserError("BatchNorm re-estimation needs training images")
-    bn_batches = bn_batches if recalibrate_bn and has_bn else 0
     identity = {
-        "weights": f"random(seed={seed})" if weights is None else weights_sha256(weights),
-        "backbone": model.spec.name,
-        "bn_recalibration": {"batches": bn_batches, "batch_size": batch_size, "seed": seed}
-        if bn_batches
-        else None,
+        "weights": weights.label if weights.is_random else weights.sha256,
+        "backbone": weights.backbone,
+        "bn_recalibration": bn_recalibration_params(bn_batches, batch_size, weights.seed),
         "transform": {"resize": resize, "crop": crop, "interpolation": "bilinear", "normalize": "imagenet"},
     }
     return FeatureExtractor(
@@ -312,15 +268,41 @@ def frozen_extractor(
         cache_dir=cache_dir,
         bn_dataset=bn_dataset,
         bn_batches=bn_batches,
-        seed=seed,
+        seed=weights.seed,
     )
 
 
-def extractor_from_config(config, weights: Path | None, device: torch.device, bn_dataset) -> FeatureExtractor:
-    """`frozen_extractor` with the options the frozen protocols' configs share (backbone, batch_size, resize,
-    image_size, num_workers, cache_dir, recalibrate_bn, bn_batches, seed)."""
+def bn_batches_used(weights: WeightsRef, recalibrate_bn: bool | None, bn_batches: int) -> int:
+    """Batches of BatchNorm re-estimation: `bn_batches` when asked (default: for random init only)."""
+    if recalibrate_bn is None:
+        recalibrate_bn = weights.is_random
+    return bn_batches if recalibrate_bn and get_spec(weights.backbone).family == "resnet" else 0
+
+
+def bn_recalibration_params(bn_batches: int, batch_size: int, seed: int) -> dict | None:
+    """The recorded description of the BatchNorm re-estimation (None when there is none)."""
+    return {"batches": bn_batches, "batch_size": batch_size, "seed": seed} if bn_batches else None
+
+
+def frozen_params(config, weights: WeightsRef, train_set, val_set, swept: tuple[str, ...] = ()) -> dict:
+    """The recorded params of a frozen-feature protocol: the config's fields (not paths, device or the swept
+    grids), the resolved BatchNorm re-estimation, and the dataset sizes."""
+    skipped = ("data", "cache_dir", "device", *swept)
+    bn_batches = bn_batches_used(weights, config.recalibrate_bn, config.bn_batches)
+    return {
+        **{key: value for key, value in dataclasses.asdict(config).items() if key not in skipped},
+        "recalibrate_bn": bool(bn_batches),
+        "bn_recalibration": bn_recalibration_params(bn_batches, config.batch_size, weights.seed),
+        "classes": len(train_set.classes),
+        "train_images": len(train_set),
+        "val_images": len(val_set),
+    }
+
+
+def extractor_from_config(config, weights: WeightsRef, device: torch.device, bn_dataset) -> FeatureExtractor:
+    """`frozen_extractor` with the options the frozen protocols' configs share (batch_size, resize,
+    image_size, num_workers, cache_dir, recalibrate_bn, bn_batches)."""
     return frozen_extractor(
-        config.backbone,
         weights,
         device=device,
         batch_size=config.batch_size,
@@ -331,5 +313,4 @@ def extractor_from_config(config, weights: Path | None, device: torch.device, bn
         bn_dataset=bn_dataset,
         recalibrate_bn=config.recalibrate_bn,
         bn_batches=config.bn_batches,
-        seed=config.seed,
     )

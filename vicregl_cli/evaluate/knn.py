@@ -3,17 +3,23 @@ convention): every k from one top-k search, chunked over queries and train rows 
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from vicregl_cli.backbones.weights import WeightsRef
+from vicregl_cli.distributed import compute_device, is_main_process
 from vicregl_cli.errors import UserError
+from vicregl_cli.evaluate.classification import open_datasets
+from vicregl_cli.evaluate.features import eval_transform, extractor_from_config, frozen_params
 from vicregl_cli.progress import track
+from vicregl_cli.sweep import SweepPoint
+
+METRIC = None  # rank by the first metric: top-1 at the smallest k
 
 
 def _similarity(queries: Tensor, train_block: Tensor, inverse_norms: Tensor) -> Tensor:
@@ -156,15 +162,12 @@ def knn_evaluate(
     return metrics
 
 
-@dataclass
+@dataclass(frozen=True)
 class KnnConfig:
-    """Everything `vicregl knn` needs; result.json records each field (in params, or as backbone, weights)."""
+    """Everything `vicregl knn` needs besides the weights; the run's params record each field but `data`."""
 
     data: Path
-    out: Path
-    weights: str
-    backbone: str | None = None
-    ks: list[int] = field(default_factory=lambda: [20, 200])
+    ks: tuple[int, ...] = (20, 200)
     temperature: float = 0.07
     image_size: int = 224
     resize: int = 256
@@ -175,61 +178,44 @@ class KnnConfig:
     cache_dir: Path | None = None
     recalibrate_bn: bool | None = None
     bn_batches: int = 100
-    seed: int = 0
     device: str | None = None
 
 
-def run_knn(config: KnnConfig) -> dict:
-    """Check the inputs, extract (or load cached) train / val features, evaluate each k, write result.json."""
-    from vicregl_cli.data.readers import check_same_classes, image_folder
-    from vicregl_cli.distributed import is_main_process
-    from vicregl_cli.evaluate.features import (
-        eval_transform,
-        extractor_from_config,
-        resolve_weights,
-        setup_device,
-    )
-    from vicregl_cli.report import make_result, print_table, write_result
+def plan(config: KnnConfig, weights: WeightsRef) -> list[SweepPoint]:
+    """Check options, layout and class lists (nothing computed): one point, every k in one search."""
 
-    started = time.perf_counter()
-    weights = resolve_weights(config.weights, config.backbone)
-    transform = eval_transform(config.resize, config.image_size)
-    train_set = image_folder(Path(config.data) / "train", transform)
-    val_set = image_folder(Path(config.data) / "val", transform)
-    check_same_classes(train_set, val_set)
-    ks = clamp_ks(config.ks, len(train_set))
     if config.temperature <= 0:
         raise UserError(f"--temperature must be positive, got {config.temperature}")
-    device = setup_device(config.device)
-    extractor = extractor_from_config(config, weights, device, train_set)
+    if config.chunk_size < 1 or (config.train_chunk_size is not None and config.train_chunk_size < 0):
+        raise UserError("chunk sizes must be positive")
+    eval_transform(config.resize, config.image_size)
+    train_set, val_set = open_datasets(config.data, None, None)
+    ks = clamp_ks(config.ks, len(train_set))
+    params = {**frozen_params(config, weights, train_set, val_set), "ks": ks}
+    task = replace(config, ks=tuple(ks))
+    dataset = f"imagefolder:{Path(config.data).resolve()}"
+    return [SweepPoint("knn", "knn", params, weights, dataset, task)]
+
+
+def run_point(point: SweepPoint) -> dict[str, float]:
+    """Extract (or read cached) train / val features and evaluate every k: top-1 / top-5 per k."""
+
+    config: KnnConfig = point.task
+    transform = eval_transform(config.resize, config.image_size)
+    train_set, val_set = open_datasets(config.data, transform, transform)
+    device = compute_device(config.device)
+    extractor = extractor_from_config(config, point.weights, device, train_set)
     train_features, train_labels = extractor.features(train_set, "train features")
     val_features, val_labels = extractor.features(val_set, "val features")
-    metrics = knn_evaluate(
+    return knn_evaluate(
         train_features.to(device),
         train_labels,
         val_features.to(device),
         val_labels,
-        ks,
+        config.ks,
         temperature=config.temperature,
         num_classes=len(train_set.classes),
         chunk_size=config.chunk_size,
         train_chunk_size=config.train_chunk_size,
         show_progress=is_main_process(),
     )
-    skipped = ("out", "weights", "data", "backbone", "recalibrate_bn", "bn_batches")  # recorded elsewhere
-    params = {key: value for key, value in asdict(config).items() if key not in skipped}
-    params.update(ks=ks, bn_recalibration=extractor.identity["bn_recalibration"])
-    record = make_result(
-        "knn",
-        extractor.identity["backbone"],
-        weights,
-        str(config.data),
-        params,
-        metrics,
-        time.perf_counter() - started,
-    )
-    record["run"] = Path(config.out).name
-    if is_main_process():
-        write_result(Path(config.out), record)
-        print_table([record], f"top1@{ks[0]}", "k-NN")
-    return record

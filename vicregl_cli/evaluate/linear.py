@@ -3,67 +3,47 @@ epochs, wd 1e-6, RandomResizedCrop + flip for training, resize 256 / centre 224 
 top-1 / top-5.
 
 Two modes: the protocol (one sweep point per learning rate, each reading augmented images through the frozen
-backbone), and `--cached`, which trains every learning rate's head at once on cached centre-crop features."""
+backbone), and `--cached`, one point that trains every learning rate's head at once on cached centre-crop
+features (a deviation: no augmentation) and records one run per learning rate."""
 
 from __future__ import annotations
 
 import copy
-import functools
 import math
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DistributedSampler
 
+from vicregl_cli.backbones.weights import WeightsRef
+from vicregl_cli.distributed import compute_device, is_main_process
 from vicregl_cli.errors import UserError
+from vicregl_cli.evaluate.classification import (
+    BestAccuracy,
+    accuracy_of_linear,
+    check_training_options,
+    cosine_factor,
+    new_head,
+    open_datasets,
+    shuffled_loader,
+    wrap_ddp,
+)
+from vicregl_cli.evaluate.features import (
+    eval_transform,
+    extractor_from_config,
+    frozen_params,
+    train_transform,
+)
 from vicregl_cli.progress import track
-from vicregl_cli.sweep import SlurmOptions, SweepPoint, point_name, run_sweep
+from vicregl_cli.seeding import seeded
+from vicregl_cli.sweep import SweepPoint, point_name
 
-DEFAULT_LRS = [30.0, 10.0, 1.0, 0.3, 0.1, 0.03, 0.01]
-HEAD_INIT_STD = 0.01
+DEFAULT_LRS = (30.0, 10.0, 1.0, 0.3, 0.1, 0.03, 0.01)
 
-
-def topk_correct(logits: Tensor, labels: Tensor) -> tuple[int, int]:
-    """(top-1 hits, top-5 hits) of a batch of logits; top-5 is top-min(5, classes)."""
-    top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
-    hits = top == labels[:, None]
-    return int(hits[:, 0].sum()), int(hits.any(dim=1).sum())
-
-
-def cosine_factor(epoch: int, epochs: int) -> float:
-    """The learning-rate multiplier of epoch `epoch` (0-based) under per-epoch cosine decay to 0."""
-    return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
-
-
-def new_head(width: int, num_classes: int, seed: int) -> nn.Linear:
-    """The linear classifier, initialised as VICReg's evaluation: weights N(0, 0.01²), zero bias (seeded)."""
-    head = nn.Linear(width, num_classes)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * HEAD_INIT_STD)
-        head.bias.zero_()
-    return head
-
-
-@dataclass
-class BestAccuracy:
-    """Best val top-1 and best val top-5 over the epochs (each its own maximum, as VICReg reports)."""
-
-    top1: float = 0.0
-    top5: float = 0.0
-    epoch: int = -1
-
-    def update(self, top1: float, top5: float, epoch: int) -> None:
-        if top1 > self.top1 or self.epoch < 0:
-            self.top1, self.epoch = top1, epoch
-        self.top5 = max(self.top5, top5)
-
-    def metrics(self) -> dict[str, float]:
-        return {"top1": self.top1, "top5": self.top5}
+METRIC = "top1"  # the metric that ranks the runs of a sweep
 
 
 @dataclass
@@ -130,32 +110,17 @@ def train_heads_on_features(
                 tracker.advance(loss=loss.item() / heads, epoch=epoch)
             with torch.no_grad():
                 for index in range(heads):
-                    top1, top5 = _accuracy_of_linear(val_features, val_labels, weight[index], bias[index])
+                    top1, top5 = accuracy_of_linear(val_features, val_labels, weight[index], bias[index])
                     best[index].update(top1, top5, epoch)
     return TrainedHeads([result.metrics() for result in best], weight.detach(), bias.detach())
 
 
-def _accuracy_of_linear(
-    features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor
-) -> tuple[float, float]:
-    hits1 = hits5 = 0
-    for start in range(0, features.shape[0], 4096):
-        logits = F.linear(features[start : start + 4096], weight, bias)
-        top1, top5 = topk_correct(logits, labels[start : start + 4096])
-        hits1, hits5 = hits1 + top1, hits5 + top5
-    total = max(features.shape[0], 1)
-    return 100.0 * hits1 / total, 100.0 * hits5 / total
-
-
-@dataclass
+@dataclass(frozen=True)
 class LinearConfig:
-    """Everything `vicregl linear` needs; every field but the paths lands in result.json's params."""
+    """Everything `vicregl linear` needs besides the weights; the params record every field but the paths."""
 
     data: Path
-    out: Path
-    weights: str
-    backbone: str | None = None
-    lrs: list[float] = field(default_factory=lambda: list(DEFAULT_LRS))
+    lrs: tuple[float, ...] = DEFAULT_LRS
     epochs: int = 100
     batch_size: int = 256
     momentum: float = 0.9
@@ -172,96 +137,46 @@ class LinearConfig:
     device: str | None = None
 
 
-def check_config(config: LinearConfig) -> None:
-    """Option errors that need no data."""
+def plan(config: LinearConfig, weights: WeightsRef) -> list[SweepPoint]:
+    """Check options and data (nothing computed): a point per learning rate, or with --cached one point
+    whose members are the learning rates."""
     if not config.lrs or any(lr <= 0 for lr in config.lrs):
-        raise UserError(f"--lr needs positive learning rates, got {config.lrs}")
-    if len(set(config.lrs)) != len(config.lrs):
-        raise UserError(f"--lr repeats a value: {config.lrs}")
-    if config.epochs < 1 or config.batch_size < 1:
-        raise UserError("--epochs and --batch-size must be at least 1")
+        raise UserError(f"--lr needs positive learning rates, got {list(config.lrs)}")
+    check_training_options(config.epochs, config.batch_size, {"--lr": list(config.lrs)})
+    eval_transform(config.resize, config.image_size)
+    train_set, val_set = open_datasets(config.data, None, None)
+    shared = frozen_params(config, weights, train_set, val_set, swept=("lrs",))
+    protocol = "linear-cached" if config.cached else "linear"
+    dataset = f"imagefolder:{Path(config.data).resolve()}"
+    runs = [
+        SweepPoint(point_name("cached" if config.cached else "", lr=lr), protocol, {**shared, "lr": lr},
+                   weights, dataset, config)
+        for lr in config.lrs
+    ]  # fmt: skip
+    if not config.cached:
+        return runs
+    return [SweepPoint("cached", protocol, shared, weights, dataset, config, members=tuple(runs))]
 
 
-def open_datasets(data: Path, train_transform, val_transform):
-    """`data/train` and `data/val` as image folders, val indexed by train's classes (UserError for others)."""
-    from vicregl_cli.data.readers import check_same_classes, image_folder
-
-    train_set = image_folder(Path(data) / "train", train_transform)
-    val_set = image_folder(Path(data) / "val", val_transform)
-    check_same_classes(train_set, val_set)
-    return train_set, val_set
+def run_point(point: SweepPoint) -> dict:
+    """One learning rate of the protocol (metrics), or a --cached point: {member run: metrics}."""
+    if point.members:
+        return _train_cached(point)
+    return _train_one_lr(point)
 
 
-def _params(config: LinearConfig, lr: float, extractor) -> dict:
-    skipped = (
-        "out",
-        "weights",
-        "data",
-        "lrs",
-        "backbone",
-        "recalibrate_bn",
-        "bn_batches",
-    )  # recorded elsewhere
-    params = {key: value for key, value in asdict(config).items() if key not in skipped}
-    return {**params, "lr": lr, "bn_recalibration": extractor.identity["bn_recalibration"]}
-
-
-
-def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
-    """The module itself in one process; DistributedDataParallel over it under torchrun."""
-    from vicregl_cli.distributed import world_size
-
-    if world_size() == 1:
-        return module
-    return nn.parallel.DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
-
-
-def shuffled_loader(
-    dataset, batch_size: int, seed: int, num_workers: int, device: torch.device
-) -> DataLoader:
-    """Seeded shuffling of `dataset`, sharded over ranks; `batch_size` is the total over all processes."""
-    from vicregl_cli.distributed import world_size
-
-    world = world_size()
-    if batch_size % world:
-        raise UserError(f"--batch-size {batch_size} is not divisible by the {world} processes")
-    if world > 1:
-        sampler = DistributedSampler(dataset, shuffle=True, seed=seed)
-    else:
-        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
-    return DataLoader(
-        dataset,
-        batch_size=batch_size // world,
-        sampler=sampler,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=num_workers > 0,
-    )
-
-def train_linear_point(config: LinearConfig, point: SweepPoint, run_dir: Path) -> dict:
-    """One learning rate of the protocol: augmented train images through the frozen backbone, val
-    features from the cache (the centre-crop view never changes); DDP over the head under torchrun."""
-    from vicregl_cli.distributed import is_main_process
-    from vicregl_cli.evaluate.features import (
-        eval_transform,
-        extractor_from_config,
-        resolve_weights,
-        setup_device,
-        train_transform,
-    )
-    from vicregl_cli.report import make_result
-
-    started = time.perf_counter()
+def _train_one_lr(point: SweepPoint) -> dict[str, float]:
+    """Augmented train images through the frozen backbone into one head; val features from the cache (the
+    centre-crop view never changes); DDP over the head under torchrun. Seeded, the caller's RNG restored."""
+    config: LinearConfig = point.task
     lr = point.params["lr"]
-    weights = resolve_weights(config.weights, config.backbone)
-    device = setup_device(config.device)
+    device = compute_device(config.device)
     eval_view = eval_transform(config.resize, config.image_size)
-    train_set, val_set = open_datasets(
-        config.data, train_transform(config.image_size, config.min_scale), eval_view
-    )
+    augmented = train_transform(config.image_size, config.min_scale)
+    train_set, val_set = open_datasets(config.data, augmented, eval_view)
     bn_set = copy.copy(train_set)
     bn_set.transform = eval_view
-    extractor = extractor_from_config(config, weights, device, bn_set)
+    extractor = extractor_from_config(config, point.weights, device, bn_set)
     val_features, val_labels = extractor.features(val_set, "val features")
     extractor.prepare()
     backbone = extractor.model
@@ -274,11 +189,11 @@ def train_linear_point(config: LinearConfig, point: SweepPoint, run_dir: Path) -
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda epoch: cosine_factor(epoch, config.epochs)
     )
-    torch.manual_seed(config.seed)
     best = BestAccuracy()
     val_features, val_labels = val_features.to(device), val_labels.to(device)
     backbone.eval()
-    with track(f"linear lr={lr:g}", total=config.epochs * len(loader), enabled=is_main_process()) as tracker:
+    total = config.epochs * len(loader)
+    with seeded(config.seed), track(f"linear lr={lr:g}", total=total, enabled=is_main_process()) as tracker:
         for epoch in range(config.epochs):
             if isinstance(loader.sampler, DistributedSampler):
                 loader.sampler.set_epoch(epoch)
@@ -292,66 +207,25 @@ def train_linear_point(config: LinearConfig, point: SweepPoint, run_dir: Path) -
                 tracker.advance(loss=loss.item(), lr=scheduler.get_last_lr()[0])
             scheduler.step()
             with torch.no_grad():
-                best.update(*_accuracy_of_linear(val_features, val_labels, head.weight, head.bias), epoch)
-    return make_result(
-        "linear",
-        backbone.spec.name,
-        weights,
-        str(config.data),
-        _params(config, lr, extractor),
-        best.metrics(),
-        time.perf_counter() - started,
-    )
+                best.update(*accuracy_of_linear(val_features, val_labels, head.weight, head.bias), epoch)
+    return best.metrics()
 
 
-def _precomputed(records: dict[str, dict], point: SweepPoint, run_dir: Path) -> dict:
-    """run_point of the cached mode: every head was trained together beforehand."""
-    return records[point.name]
-
-
-def run_linear(config: LinearConfig, slurm: SlurmOptions | None = None) -> list[dict]:
-    """Check everything cheap first (options, data layout, weights fit), then run the sweep or cached mode."""
-    from vicregl_cli.backbones import load_backbone
-    from vicregl_cli.evaluate.features import eval_transform, resolve_weights
-
-    check_config(config)
-    weights = resolve_weights(config.weights, config.backbone)
+def _train_cached(point: SweepPoint) -> dict[str, dict[str, float]]:
+    """Train the members' learning rates together on cached centre-crop features; metrics per member."""
+    config: LinearConfig = point.task
+    device = compute_device(config.device)
     eval_view = eval_transform(config.resize, config.image_size)
-    open_datasets(config.data, None, None)
-    backbone_name = load_backbone(config.backbone, weights).spec.name
-    config.backbone = backbone_name
-    if not config.cached:
-        points = [SweepPoint(point_name("", lr=lr), {"lr": lr}) for lr in config.lrs]
-        run_point = functools.partial(train_linear_point, config)
-        return run_sweep(Path(config.out), points, run_point, metric="top1", title="linear", slurm=slurm)
-    if slurm is not None:
-        raise UserError("--cached trains every learning rate in one process: drop --slurm, or drop --cached")
-    points = [SweepPoint(point_name("cached", lr=lr), {"lr": lr}) for lr in config.lrs]
-    pending = [point for point in points if not (Path(config.out) / point.name / "result.json").is_file()]
-    records = _train_cached(config, weights, eval_view, pending) if pending else {}
-    run_point = functools.partial(_precomputed, records)
-    return run_sweep(Path(config.out), points, run_point, metric="top1", title="linear (cached features)")
-
-
-def _train_cached(config: LinearConfig, weights: Path | None, eval_view, pending: list[SweepPoint]) -> dict:
-    """Train the pending learning rates together on cached centre-crop features; one record per point."""
-    from vicregl_cli.distributed import is_main_process
-    from vicregl_cli.evaluate.features import extractor_from_config, setup_device
-    from vicregl_cli.report import make_result
-
-    started = time.perf_counter()
-    device = setup_device(config.device)
     train_set, val_set = open_datasets(config.data, eval_view, eval_view)
-    extractor = extractor_from_config(config, weights, device, train_set)
+    extractor = extractor_from_config(config, point.weights, device, train_set)
     train_features, train_labels = extractor.features(train_set, "train features")
     val_features, val_labels = extractor.features(val_set, "val features")
-    lrs = [point.params["lr"] for point in pending]
     results = train_heads_on_features(
         train_features.to(device),
         train_labels.to(device),
         val_features.to(device),
         val_labels.to(device),
-        lrs,
+        [member.params["lr"] for member in point.members],
         num_classes=len(train_set.classes),
         epochs=config.epochs,
         batch_size=config.batch_size,
@@ -360,11 +234,4 @@ def _train_cached(config: LinearConfig, weights: Path | None, eval_view, pending
         seed=config.seed,
         show_progress=is_main_process(),
     )
-    wall_time = time.perf_counter() - started
-    records = {}
-    for point, metrics in zip(pending, results.metrics, strict=True):
-        params = {**_params(config, point.params["lr"], extractor), "heads_trained_together": len(pending)}
-        records[point.name] = make_result(
-            "linear-cached", extractor.model.spec.name, weights, str(config.data), params, metrics, wall_time
-        )
-    return records
+    return {member.name: metrics for member, metrics in zip(point.members, results.metrics, strict=True)}

@@ -4,8 +4,6 @@ as a grid; best val top-1 / top-5. Labelled subset: a SimCLR split file, or draw
 
 from __future__ import annotations
 
-import functools
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,9 +12,12 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DistributedSampler, Subset
 
+from vicregl_cli.backbones.weights import WeightsRef
+from vicregl_cli.distributed import compute_device, is_main_process
 from vicregl_cli.errors import UserError
-from vicregl_cli.evaluate.linear import (
+from vicregl_cli.evaluate.classification import (
     BestAccuracy,
+    check_training_options,
     cosine_factor,
     new_head,
     open_datasets,
@@ -24,11 +25,15 @@ from vicregl_cli.evaluate.linear import (
     topk_correct,
     wrap_ddp,
 )
+from vicregl_cli.evaluate.features import eval_transform, extract_features, train_transform
 from vicregl_cli.progress import track
-from vicregl_cli.sweep import SlurmOptions, SweepPoint, point_name, run_sweep
+from vicregl_cli.seeding import seeded
+from vicregl_cli.sweep import SweepPoint, point_name
 
 # percent -> (backbone lr, head lr): the VICReg paper's semi-supervised settings
 DEFAULT_LRS = {1: (0.03, 0.08), 10: (0.01, 0.1)}
+
+METRIC = "top1"  # the metric that ranks the runs of a sweep
 
 
 def balanced_subset(targets: list[int], percent: int, seed: int) -> list[int]:
@@ -75,18 +80,15 @@ def read_split_file(path: Path, dataset) -> list[int]:
     return sorted(index_of[(name.split("_")[0], name)] for name in names)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SemiConfig:
-    """Everything `vicregl semi` needs; every field but the paths lands in result.json's params."""
+    """Everything `vicregl semi` needs besides the weights; the params record every field but the paths."""
 
     data: Path
-    out: Path
-    weights: str
-    backbone: str | None = None
     percent: int | None = None
     split_file: Path | None = None
-    lrs_backbone: list[float] | None = None
-    lrs_head: list[float] | None = None
+    lrs_backbone: tuple[float, ...] | None = None
+    lrs_head: tuple[float, ...] | None = None
     epochs: int = 20
     batch_size: int = 256
     momentum: float = 0.9
@@ -130,8 +132,6 @@ class Classifier(nn.Module):
 
 def _evaluate(model: Classifier, val_set, config: SemiConfig, device: torch.device) -> tuple[float, float]:
     """Val top-1 / top-5 in eval mode, the val set sharded over ranks (features gathered, then the head)."""
-    from vicregl_cli.evaluate.features import extract_features
-
     features = extract_features(
         model.backbone,
         val_set,
@@ -146,26 +146,45 @@ def _evaluate(model: Classifier, val_set, config: SemiConfig, device: torch.devi
     return 100.0 * top1 / len(labels), 100.0 * top5 / len(labels)
 
 
-def train_semi_point(config: SemiConfig, point: SweepPoint, run_dir: Path) -> dict:
-    """One (backbone lr, head lr) point: fine-tune on the labelled subset, BatchNorm in train mode, DDP under
-    torchrun; evaluate after every epoch."""
-    from vicregl_cli.backbones import load_backbone
-    from vicregl_cli.distributed import is_main_process
-    from vicregl_cli.evaluate.features import eval_transform, resolve_weights, setup_device, train_transform
-    from vicregl_cli.report import make_result
+def plan(config: SemiConfig, weights: WeightsRef) -> list[SweepPoint]:
+    """Check options, data and the labelled subset (nothing computed): a point per (backbone lr, head lr)."""
+    check_training_options(
+        config.epochs,
+        config.batch_size,
+        {"--lr-backbone": config.lrs_backbone, "--lr-head": config.lrs_head},
+    )
+    eval_transform(config.resize, config.image_size)
+    train_set, val_set = open_datasets(config.data, None, None)
+    labelled = labelled_indices(config, train_set)
+    lrs_backbone, lrs_head = default_lrs(config, len(labelled), len(train_set))
+    skipped = ("data", "device", "lrs_backbone", "lrs_head")
+    shared = {key: value for key, value in asdict(config).items() if key not in skipped}
+    shared.update(
+        classes=len(train_set.classes),
+        labelled_images=len(labelled),
+        train_images=len(train_set),
+        val_images=len(val_set),
+    )
+    dataset = f"imagefolder:{Path(config.data).resolve()}"
+    grid = [{"lr_backbone": lb, "lr_head": lh} for lb in lrs_backbone for lh in lrs_head]
+    return [
+        SweepPoint(point_name("", **lrs), "semi", {**shared, **lrs}, weights, dataset, config) for lrs in grid
+    ]
 
-    started = time.perf_counter()
+
+def run_point(point: SweepPoint) -> dict[str, float]:
+    """One (backbone lr, head lr) point: fine-tune on the labelled subset, BatchNorm in train mode, DDP under
+    torchrun; evaluate after every epoch. Seeded, the caller's RNG restored."""
+    config: SemiConfig = point.task
     lr_backbone, lr_head = point.params["lr_backbone"], point.params["lr_head"]
-    weights = resolve_weights(config.weights, config.backbone)
-    device = setup_device(config.device)
+    device = compute_device(config.device)
     train_set, val_set = open_datasets(
         config.data,
         train_transform(config.image_size, config.min_scale),
         eval_transform(config.resize, config.image_size),
     )
     labelled = labelled_indices(config, train_set)
-    torch.manual_seed(config.seed)
-    backbone = load_backbone(config.backbone, weights)
+    backbone = point.weights.build()
     head = new_head(backbone.spec.representation_size, len(train_set.classes), config.seed)
     model = Classifier(backbone, head).to(device)
     trained = wrap_ddp(model, device)
@@ -182,8 +201,8 @@ def train_semi_point(config: SemiConfig, point: SweepPoint, run_dir: Path) -> di
         optimizer, lambda epoch: cosine_factor(epoch, config.epochs)
     )
     best = BestAccuracy()
-    title = f"semi {point.name}"
-    with track(title, total=config.epochs * len(loader), enabled=is_main_process()) as tracker:
+    total = config.epochs * len(loader)
+    with seeded(config.seed), track(f"semi {point.name}", total=total, enabled=is_main_process()) as tracker:
         for epoch in range(config.epochs):
             if isinstance(loader.sampler, DistributedSampler):
                 loader.sampler.set_epoch(epoch)
@@ -197,43 +216,4 @@ def train_semi_point(config: SemiConfig, point: SweepPoint, run_dir: Path) -> di
                 tracker.advance(loss=loss.item(), lr=scheduler.get_last_lr()[1])
             scheduler.step()
             best.update(*_evaluate(model, val_set, config, device), epoch)
-    skipped = ("out", "weights", "data", "backbone", "lrs_backbone", "lrs_head")
-    params = {key: value for key, value in asdict(config).items() if key not in skipped}
-    params.update(
-        lr_backbone=lr_backbone, lr_head=lr_head, labelled_images=len(labelled), train_images=len(train_set)
-    )
-    return make_result(
-        "semi",
-        backbone.spec.name,
-        weights,
-        str(config.data),
-        params,
-        best.metrics(),
-        time.perf_counter() - started,
-    )
-
-
-def run_semi(config: SemiConfig, slurm: SlurmOptions | None = None) -> list[dict]:
-    """Check options, data, subset and weights first; then sweep the (backbone lr × head lr) grid."""
-    from vicregl_cli.backbones import load_backbone
-    from vicregl_cli.evaluate.features import resolve_weights
-
-    if config.epochs < 1 or config.batch_size < 1:
-        raise UserError("--epochs and --batch-size must be at least 1")
-    for name, values in (("--lr-backbone", config.lrs_backbone), ("--lr-head", config.lrs_head)):
-        if values is not None and (any(lr < 0 for lr in values) or len(set(values)) != len(values)):
-            raise UserError(f"{name} needs distinct non-negative learning rates, got {values}")
-    weights = resolve_weights(config.weights, config.backbone)
-    train_set, _ = open_datasets(config.data, None, None)
-    labelled = labelled_indices(config, train_set)
-    config.backbone = load_backbone(config.backbone, weights).spec.name
-    lrs_backbone, lrs_head = default_lrs(config, len(labelled), len(train_set))
-    points = [
-        SweepPoint(point_name("", lr_backbone=lb, lr_head=lh), {"lr_backbone": lb, "lr_head": lh})
-        for lb in lrs_backbone
-        for lh in lrs_head
-    ]
-    subset = f"{config.percent} %" if config.split_file is None else Path(config.split_file).name
-    title = f"semi-supervised ({subset}: {len(labelled)} labelled images)"
-    run_point = functools.partial(train_semi_point, config)
-    return run_sweep(Path(config.out), points, run_point, metric="top1", title=title, slurm=slurm)
+    return best.metrics()

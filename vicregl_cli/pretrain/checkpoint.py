@@ -2,20 +2,37 @@
 
 Besides model / optimiser / scaler it holds every RNG state (torch CPU, every CUDA device, numpy, python) of
 every rank and the sampler position, so that a resumed run continues exactly where the interrupted one
-stopped.
+stopped. The training loop's seeding lives here too: seed_training_rng for a fresh run, restore_rng on resume.
 """
 
 from __future__ import annotations
 
-import os
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch import nn
 
+from vicregl_cli.distributed import DistEnv
 from vicregl_cli.errors import UserError
+from vicregl_cli.files import save_torch_atomic
+from vicregl_cli.pretrain.config import PretrainConfig, to_dict
+
+MUST_MATCH_ON_RESUME = (
+    "backbone",
+    "batch_size",
+    "seed",
+    "mlp",
+    "maps_mlp",
+    "alpha",
+    "probe",
+    "crop_sizes",
+    "crop_counts",
+)
 
 
 def rng_state() -> dict[str, Any]:
@@ -55,11 +72,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """torch.save to a temporary file beside `path`, then rename: a crash never leaves a partial
-    checkpoint."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
+    """torch.save `payload` to `path` atomically: a crash never leaves a partial checkpoint."""
+    save_torch_atomic(path, payload)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -80,3 +94,81 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"{path} is not a pretraining checkpoint (no {', '.join(missing)}); move it away to start over"
         )
     return payload
+
+
+def check_resumable(payload: dict[str, Any], config: PretrainConfig, path: Path) -> None:
+    """Refuse a checkpoint of another backbone (or another batch / seed / head / crops layout): resuming it
+    would silently train a different run."""
+    if payload["backbone_name"] != config.backbone:
+        raise UserError(
+            f"{path} holds a {payload['backbone_name']} run but --backbone is {config.backbone}: "
+            "use the same backbone to resume, or another --out to start a new run"
+        )
+    saved = payload["config"]
+    current = to_dict(config)
+    differing = [key for key in MUST_MATCH_ON_RESUME if saved.get(key) != current[key]]
+    if differing:
+        changes = ", ".join(f"{key} {saved.get(key)} -> {current[key]}" for key in differing)
+        raise UserError(
+            f"{path} was written with other settings ({changes}): resume with the same ones, "
+            "or choose another --out"
+        )
+
+
+def seed_training_rng(seed: int, rank: int) -> None:
+    """The training loop's seeding of every global RNG: distinct streams per rank (drop-path masks),
+    reproducible from the seed."""
+    torch.manual_seed(seed + rank)
+    np.random.seed(seed + rank)
+    random.seed(seed + rank)
+
+
+def restore_rng(states: list[dict[str, Any]], env: DistEnv, seed: int) -> None:
+    """On resume, each rank takes its own saved state; another number of processes re-seeds from `seed`
+    (the caller passes seed + step)."""
+    if len(states) == env.world_size:
+        set_rng_state(states[env.rank])
+        return
+    if env.rank == 0:
+        print(
+            f"note: the checkpoint holds RNG states of {len(states)} processes, this run has "
+            f"{env.world_size}: "
+            "the data order and augmentations are unchanged, the model's random streams are re-seeded",
+            file=sys.stderr,
+        )
+    seed_training_rng(seed, env.rank)
+
+
+def save_training_state(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    position: tuple[int, int, int],
+    config: PretrainConfig,
+    env: DistEnv,
+) -> None:
+    """Write RUN/checkpoint.pth from rank 0 with every rank's RNG state, so a resume is exact; every rank
+    must call it. `position` is (epoch, batch in the epoch, global step)."""
+    epoch, batch, step = position
+    states = [rng_state()]
+    if env.world_size > 1:
+        states = [None] * env.world_size
+        dist.all_gather_object(states, rng_state())
+    if env.rank == 0:
+        save_checkpoint(
+            path,
+            {
+                "backbone_name": config.backbone,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "rng": states,
+                "sampler": {"epoch": epoch, "batch": batch, "seed": config.seed},
+                "config": to_dict(config),
+            },
+        )
+    if env.world_size > 1:
+        dist.barrier()

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from vicregl_cli.errors import UserError
+from vicregl_cli.files import write_text_atomic
 
 
 @dataclass
@@ -168,6 +169,4 @@ def to_dict(config: PretrainConfig) -> dict[str, Any]:
 def write_config(path: Path, config: PretrainConfig, command_line: list[str], world_size: int) -> None:
     """RUN/config.yaml: the resolved configuration plus how it was launched (write then rename)."""
     record = {"config": to_dict(config), "command_line": command_line, "world_size": world_size}
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(yaml.safe_dump(record, sort_keys=False))
-    temporary.replace(path)
+    write_text_atomic(path, yaml.safe_dump(record, sort_keys=False))

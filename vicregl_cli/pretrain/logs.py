@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
+
+from vicregl_cli import distributed
 
 
 def feature_std(x: Tensor) -> Tensor:
@@ -36,7 +40,7 @@ class StatsLog:
         self.writer = None
         if enabled:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # optional package: local import
             except ImportError:
                 SummaryWriter = None  # noqa: N806 - tensorboard is optional
             if SummaryWriter is not None:
@@ -65,3 +69,41 @@ def to_floats(values: dict[str, Tensor]) -> dict[str, float]:
         return {}
     stacked = torch.stack([value.detach().float().reshape(()) for value in values.values()]).cpu().tolist()
     return dict(zip(values, stacked, strict=True))
+
+
+def loss_terms(outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The loss and its logged terms (global_*, local_*, probe_*) from the model's outputs: what the stats
+    log and the non-finite-loss error report."""
+    keys = [k for k in outputs if k.startswith(("global_", "local_", "probe_"))]
+    return {"loss": outputs["loss"].detach(), **{k: outputs[k] for k in keys}}
+
+
+def log_record(
+    outputs: dict[str, Tensor],
+    epoch: int,
+    step: int,
+    lr: float,
+    batch_size: int,
+    last_log: tuple[float, int],
+    env: distributed.DistEnv,
+) -> dict[str, Any]:
+    """One stats.jsonl line: loss terms and collapse monitors averaged over ranks (monitors on the gathered
+    first view), and the throughput since `last_log` (time, step); every rank must call it."""
+    values = loss_terms(outputs)
+    with torch.no_grad():
+        representation = distributed.gather_with_grad(outputs["representation"])
+        values["repr_std"] = feature_std(representation)
+        values["repr_corr"] = mean_abs_correlation(representation)
+        if "embedding" in outputs:
+            embedding = distributed.gather_with_grad(outputs["embedding"])
+            values["emb_std"] = feature_std(embedding)
+            values["emb_corr"] = mean_abs_correlation(embedding)
+    if env.world_size > 1:
+        stacked = torch.stack([value.float() for value in values.values()])
+        dist.all_reduce(stacked)
+        values = dict(zip(values, stacked / env.world_size, strict=True))
+    elapsed = time.perf_counter() - last_log[0]
+    record: dict[str, Any] = {"epoch": epoch, "step": step, "lr": lr}
+    record.update({key: round(value, 6) for key, value in to_floats(values).items()})
+    record["samples_per_s"] = round((step - last_log[1]) * batch_size / elapsed, 2) if elapsed > 0 else 0.0
+    return record

@@ -1,46 +1,35 @@
 """`vicregl pretrain --slurm`: submit the run through submitit, one task per GPU, requeued on pre-emption.
 
 SLURM sends SIGUSR2 (submitit's pre-emption signal) 120 s before the time limit or on pre-emption. The
-engine's handler finishes the current step, writes RUN/checkpoint.pth, then hands the signal to submitit's
-handler, which calls PretrainJob.checkpoint() -> a DelayedSubmission of the same job -> requeue. The requeued
-job finds the checkpoint and resumes from it.
+training loop's handler finishes the current step, writes RUN/checkpoint.pth, then hands the signal to
+submitit's handler, which calls PretrainJob.checkpoint() -> a DelayedSubmission of the same job -> requeue.
+The requeued job finds the checkpoint and resumes from it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vicregl_cli.backbones.registry import get_spec
 from vicregl_cli.errors import UserError
-from vicregl_cli.pretrain.config import PretrainConfig
+from vicregl_cli.options import SlurmOptions, executor_parameters, make_executor
+from vicregl_cli.pretrain.config import PretrainConfig, to_dict, validate
+from vicregl_cli.pretrain.loop import train
 
-
-@dataclass
-class SlurmRequest:
-    """Resources of the job; cluster 'local' runs it through submitit's local executor (tests, debugging)."""
-
-    nodes: int = 1
-    gpus_per_node: int = 8
-    partition: str = ""
-    time_min: int = 4320
-    cpus_per_task: int = 10
-    mem_gb_per_gpu: int = 40
-    folder: str = ""  # submitit logs and pickles; default RUN/slurm
-    cluster: str | None = None  # None: SLURM when available; "local" for the local executor
+SIGNAL_DELAY_S = 120  # SIGUSR2 this long before the time limit: time to finish a step and checkpoint
+MAX_REQUEUES = 30
 
 
 class PretrainJob:
     """The pickled callable submitit runs on every task; checkpoint() requeues the same job."""
 
-    def __init__(self, config: PretrainConfig, device: str = "auto") -> None:
+    def __init__(self, config: PretrainConfig, device: str | None = None) -> None:
         self.config = config
         self.device = device
 
     def __call__(self) -> dict[str, Any]:
-        from vicregl_cli.pretrain.engine import train
-
         result = train(self.config, device=self.device, command_line=["vicregl", "pretrain", "--slurm"])
         return {
             "start_step": result.start_step,
@@ -49,42 +38,44 @@ class PretrainJob:
         }
 
     def checkpoint(self) -> Any:
-        import submitit
+        import submitit  # optional: only --slurm needs it
 
         return submitit.helpers.DelayedSubmission(PretrainJob(self.config, self.device))
 
 
-def submit(config: PretrainConfig, request: SlurmRequest) -> Any:
-    """Submit the run; returns the submitit Job (job.job_id, job.result())."""
-    try:
-        import submitit
-    except ImportError as error:
-        raise UserError("--slurm needs submitit: pip install 'vicregl[slurm]'") from error
-    if request.nodes < 1 or request.gpus_per_node < 0 or request.time_min < 1:
-        raise UserError("--nodes must be >= 1, --gpus-per-node >= 0 and --time >= 1 minute")
-    tasks_per_node = max(1, request.gpus_per_node)
-    world_size = request.nodes * tasks_per_node
-    if config.batch_size % world_size:
+def _checked(config: PretrainConfig, slurm: SlurmOptions) -> str:
+    """Validate the config and the job's world size before anything is submitted; the job's name."""
+    validate(config)
+    get_spec(config.backbone)
+    if not config.data or not Path(config.data).is_dir():
+        raise UserError(f"--data {config.data!r} is not a folder (an ImageFolder: DATA/<class>/<image>)")
+    slurm.check()
+    if config.batch_size % slurm.tasks:
         raise UserError(
-            f"batch_size {config.batch_size} is not divisible by the {world_size} tasks "
-            f"({request.nodes} nodes x {tasks_per_node}): choose a multiple of {world_size}"
+            f"batch_size {config.batch_size} is not divisible by the {slurm.tasks} tasks "
+            f"({slurm.nodes} nodes x {max(1, slurm.gpus_per_node)}): choose a multiple of {slurm.tasks}"
         )
-    folder = Path(request.folder or Path(config.out) / "slurm")
-    executor = submitit.AutoExecutor(folder=folder, cluster=request.cluster, slurm_max_num_timeout=30)
-    parameters: dict[str, Any] = dict(
-        name=f"vicregl-{config.backbone}",
-        nodes=request.nodes,
-        gpus_per_node=request.gpus_per_node,
-        tasks_per_node=tasks_per_node,
-        cpus_per_task=request.cpus_per_task,
-        timeout_min=request.time_min,
-        slurm_signal_delay_s=120,
+    return f"vicregl-{config.backbone}"
+
+
+def print_job(config: PretrainConfig, slurm: SlurmOptions) -> None:
+    """`--slurm --dry-run`: the resolved config and the job that would be submitted; submits nothing."""
+    import yaml
+
+    name = _checked(config, slurm)
+    parameters = executor_parameters(slurm, name, slurm_signal_delay_s=SIGNAL_DELAY_S)
+    print(yaml.safe_dump({"config": to_dict(config)}, sort_keys=False), end="")
+    print(f"would submit 1 job ({slurm.cluster}, {slurm.tasks} tasks, requeued up to {MAX_REQUEUES} times): "
+          f"{parameters}")
+    print(f"logs under {slurm.folder or Path(config.out) / 'slurm'}")
+    print("dry run: nothing was trained, written or submitted")
+
+
+def submit(config: PretrainConfig, slurm: SlurmOptions, device: str | None = None) -> Any:
+    """Submit the run; returns the submitit Job (job.job_id, job.result())."""
+    name = _checked(config, slurm)
+    folder = Path(config.out) / "slurm"
+    executor = make_executor(
+        slurm, folder, name, max_requeues=MAX_REQUEUES, slurm_signal_delay_s=SIGNAL_DELAY_S
     )
-    if request.gpus_per_node:
-        parameters["mem_gb"] = request.mem_gb_per_gpu * request.gpus_per_node
-    if request.partition:
-        parameters["slurm_partition"] = request.partition
-    if executor.cluster == "local":
-        parameters = {k: v for k, v in parameters.items() if k not in ("nodes", "cpus_per_task", "mem_gb")}
-    executor.update_parameters(**parameters)
-    return executor.submit(PretrainJob(dataclasses.replace(config)))
+    return executor.submit(PretrainJob(dataclasses.replace(config), device))

@@ -180,7 +180,7 @@ def register_extra_norm_head() -> None:
     from detectron2.layers import get_norm
     from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
 
-    from vicregl_cli.transfer.detectron2 import EXTRA_NORM_HEAD
+    from vicregl_cli.transfer.detectron2_config import EXTRA_NORM_HEAD
 
     if EXTRA_NORM_HEAD in ROI_HEADS_REGISTRY:
         return

@@ -1,28 +1,36 @@
 """Our backbones, the linear segmentation head, a per-class IoU metric and a weight check, registered into
-mmsegmentation's registries; exported configs reach them through `custom_imports` of this module."""
+mmsegmentation's registries (exported configs reach them through `custom_imports` of this module), and the
+Runner hook that shows a run's progress."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import uuid
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from vicregl_cli.backbones import build_backbone, get_spec
-from vicregl_cli.errors import UserError
+from vicregl_cli.distributed import is_main_process
+from vicregl_cli.errors import UserError, key_list
+from vicregl_cli.progress import track
 from vicregl_cli.transfer.mmseg_shims import apply_mmcv_ops_standin
 
 apply_mmcv_ops_standin()
 
 from mmcv.cnn import build_norm_layer  # noqa: E402 - mmseg needs the mmcv.ops stand-in before it imports
+from mmengine.config import Config  # noqa: E402
 from mmengine.hooks import Hook  # noqa: E402
+from mmengine.logging import MMLogger  # noqa: E402
 from mmengine.model import BaseModule, is_model_wrapper  # noqa: E402
+from mmengine.registry import DefaultScope  # noqa: E402
 from mmseg.evaluation import IoUMetric  # noqa: E402
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead  # noqa: E402
 from mmseg.registry import HOOKS, METRICS, MODELS  # noqa: E402
 
 OUTPUT_STRIDE_8_DILATIONS = (1, 1, 2, 4)
-MAX_KEYS_IN_MESSAGE = 20
 
 
 def dilate_resnet(trunk: nn.Module, dilations: tuple[int, int, int, int] = OUTPUT_STRIDE_8_DILATIONS) -> None:
@@ -125,11 +133,6 @@ class PerClassIoUMetric(IoUMetric):
         return metrics
 
 
-def _key_list(keys: list[str]) -> str:
-    more = len(keys) - MAX_KEYS_IN_MESSAGE
-    return ", ".join(keys[:MAX_KEYS_IN_MESSAGE]) + (f" (and {more} more)" if more > 0 else "")
-
-
 def check_backbone_loaded(backbone: nn.Module, expected: dict[str, Tensor], source: str) -> None:
     """UserError unless every backbone tensor (parameters and buffers) exists in `expected` and equals it:
     mmengine only logs missing keys and keeps random weights, which must never pass silently."""
@@ -143,11 +146,11 @@ def check_backbone_loaded(backbone: nn.Module, expected: dict[str, Tensor], sour
     ]
     problems = []
     if missing:
-        problems.append(f"backbone keys missing from the file: {_key_list(missing)}")
+        problems.append(f"backbone keys missing from the file: {key_list(missing)}")
     if unexpected:
-        problems.append(f"keys the backbone does not have: {_key_list(unexpected)}")
+        problems.append(f"keys the backbone does not have: {key_list(unexpected)}")
     if different:
-        problems.append(f"tensors that differ from the file after loading: {_key_list(different)}")
+        problems.append(f"tensors that differ from the file after loading: {key_list(different)}")
     if problems:
         raise UserError(f"mmseg did not load the backbone weights of {source}: " + "; ".join(problems))
 
@@ -172,3 +175,58 @@ class BackboneWeightsCheckHook(Hook):
             return
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         check_backbone_loaded(model.backbone, read_prefixed_backbone(self.checkpoint), self.checkpoint)
+
+
+def check_exported_config(config_path: Path, state: dict[str, Tensor], source: str) -> None:
+    """Build the model of an exported config as mmseg does (init_weights reads the weights file `source`)
+    and check that its backbone holds exactly `state` (else a UserError naming the keys)."""
+    cfg = Config.fromfile(str(config_path))
+    # A logger of its own, made the current one: init_weights logs every tensor at INFO and writes to the
+    # current logger's file handlers, which belong to (and are closed with) an earlier point's Runner.
+    MMLogger.get_instance(f"vicregl-export-{uuid.uuid4().hex}", log_level=logging.WARNING)
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        model = MODELS.build(cfg.model)
+    model.init_weights()
+    check_backbone_loaded(model.backbone, state, source)
+
+
+class ProgressHook(Hook):
+    """Shows training and validation through vicregl's progress display; keeps the last validation metrics."""
+
+    priority = "LOW"
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, float] = {}
+        self._open = None
+
+    def _start(self, description: str, total: int) -> None:
+        self.close()
+        self._open = track(description, total, log_every=50, enabled=is_main_process())
+        self._tracker = self._open.__enter__()
+
+    def close(self) -> None:
+        if self._open is not None:
+            self._open.__exit__(None, None, None)
+            self._open = None
+
+    def before_train(self, runner) -> None:
+        self._start("segment train", runner.max_iters - runner.iter)
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        lr = runner.optim_wrapper.get_lr()["lr"][0]
+        self._tracker.advance(loss=float(outputs["loss"].detach()), lr=float(lr))
+
+    def before_val_epoch(self, runner) -> None:
+        self._start("segment val", len(runner.val_dataloader))
+
+    def after_val_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        self._tracker.advance()
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        self.metrics = {name: float(value) for name, value in (metrics or {}).items()}
+        self.close()
+        if runner.iter < runner.max_iters:
+            self._start("segment train", runner.max_iters - runner.iter)
+
+    def after_train(self, runner) -> None:
+        self.close()

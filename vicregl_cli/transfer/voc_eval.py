@@ -1,5 +1,6 @@
 """Detection metrics: Pascal VOC AP as detectron2's VOC evaluator computes it (VOC07 11-point or all-point,
 per IoU threshold, difficult objects neither true nor false positives) and COCO AP (pycocotools backend).
+On VOC datasets the headline AP, AP50, AP75 are the VOC07 ones (DESIGN §3), the COCO-style ones `coco_*`.
 
 Boxes are xyxy pixel edges (VOC's 1-based xmin/ymin minus 1): in these coordinates the VOC devkit's "+1" IoU
 equals the plain continuous IoU, so no pixel offsets are applied here.
@@ -150,3 +151,13 @@ def coco_metrics(detections: list[ImageDetections], truths: list[ImageTruth]) ->
         name: 100.0 * max(float(result[key]), 0.0)
         for name, key in (("AP", "map"), ("AP50", "map_50"), ("AP75", "map_75"))
     }
+
+
+def voc_detection_metrics(
+    detections: list[ImageDetections], truths: list[ImageTruth], num_classes: int
+) -> dict[str, float]:
+    """What a VOC detection run records: AP, AP50, AP75 of detectron2's VOC07 evaluator (the papers'
+    figures) and the COCO-style numbers beside them as coco_AP, coco_AP50, coco_AP75."""
+    metrics = voc_metrics(detections, truths, num_classes, use_07_metric=True)
+    metrics.update({f"coco_{name}": value for name, value in coco_metrics(detections, truths).items()})
+    return metrics

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
-if TYPE_CHECKING:
-    from vicregl_cli.backbones import BackboneSpec
+from vicregl_cli.backbones.spec import BackboneSpec
 
 
 class ResNetTrunk(nn.Module):

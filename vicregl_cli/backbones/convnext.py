@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from timm.layers import DropPath, LayerNorm2d
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from vicregl_cli.backbones import BackboneSpec
+from vicregl_cli.backbones.spec import BackboneSpec
 
 LAYER_NORM_EPS = 1e-6
 

@@ -1,0 +1,189 @@
+"""Train, PreciseBN and evaluate the C4 Faster R-CNN as detectron2 does: SGD without weight decay on norm
+parameters, BatchNorm training everywhere (nothing frozen), linear warm-up from 0.001 and step decay,
+PreciseBN before evaluation, then VOC07 AP (the headline keys) and COCO-style AP on the test split."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+
+from vicregl_cli.backbones.weights import WeightsRef
+from vicregl_cli.distributed import resolve_device
+from vicregl_cli.errors import UserError
+from vicregl_cli.progress import track
+from vicregl_cli.transfer.tv_detection.data import (
+    DetectionData,
+    DetectionImages,
+    Sample,
+    load_data,
+    train_loader,
+)
+from vicregl_cli.transfer.tv_detection.geometry import Geometry, resolve_geometry
+from vicregl_cli.transfer.tv_detection.model import build_model
+from vicregl_cli.transfer.tv_detection.settings import DetectionSettings
+from vicregl_cli.transfer.voc_eval import ImageDetections, ImageTruth, voc_detection_metrics
+
+
+def make_optimizer(model: nn.Module, settings: DetectionSettings) -> torch.optim.SGD:
+    """SGD with momentum; weight decay on every parameter but those of norm layers (detectron2's default)."""
+    norm_params = {
+        id(param)
+        for module in model.modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        for param in module.parameters(recurse=False)
+    }
+    params = [param for param in model.parameters() if param.requires_grad]
+    groups = [
+        {"params": [p for p in params if id(p) not in norm_params], "weight_decay": settings.weight_decay},
+        {"params": [p for p in params if id(p) in norm_params], "weight_decay": 0.0},
+    ]
+    return torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum)
+
+
+def lr_factor(iteration: int, settings: DetectionSettings) -> float:
+    """detectron2's WarmupMultiStepLR: linear warm-up from warmup_factor, then x0.1 at each step."""
+    decay = 0.1 ** sum(iteration >= step for step in settings.steps())
+    warmup = settings.warmup()
+    if iteration >= warmup:
+        return decay
+    alpha = iteration / warmup
+    return decay * (settings.warmup_factor * (1 - alpha) + alpha)
+
+
+def train(
+    model: GeneralizedRCNN, data: DetectionData, settings: DetectionSettings, device: torch.device
+) -> None:
+    """The training loop: `iters` SGD steps on the sum of the four losses."""
+    optimizer = make_optimizer(model, settings)
+    batches = train_loader(data.train, settings)
+    model.train()
+    with track("detect train", settings.iters, log_every=settings.log_every) as tracker:
+        for iteration in range(settings.iters):
+            for group in optimizer.param_groups:
+                group["lr"] = settings.lr * lr_factor(iteration, settings)
+            images, targets = next(batches)
+            losses = model([image.to(device) for image in images], [_to(t, device) for t in targets])
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"detection loss is {loss.item()} at iteration {iteration}: {losses}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            tracker.advance(loss=loss.item(), lr=optimizer.param_groups[0]["lr"])
+
+
+def _to(target: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    return {key: value.to(device) for key, value in target.items()}
+
+
+# Not swa_utils.update_bn: it calls model(batch[0]) alone; GeneralizedRCNN's train-mode forward needs targets.
+@torch.no_grad()
+def precise_bn(
+    model: GeneralizedRCNN, data: DetectionData, settings: DetectionSettings, device: torch.device
+) -> None:
+    """PreciseBN: re-estimate every BatchNorm's statistics as the plain mean over `precise_bn_iters` training
+    batches (train-mode forward, no update), as detectron2's hook does before evaluation."""
+    norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    if settings.precise_bn_iters <= 0 or not norms:
+        return
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average
+    batches = train_loader(data.train, replace(settings, seed=settings.seed + 1))
+    model.train()
+    iterations = settings.precise_bn_iters
+    with track("PreciseBN", iterations, log_every=max(1, iterations // 5)) as tracker:
+        for _ in range(settings.precise_bn_iters):
+            images, targets = next(batches)
+            model([image.to(device) for image in images], [_to(t, device) for t in targets])
+            tracker.advance()
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+
+
+@torch.no_grad()
+def evaluate(
+    model: GeneralizedRCNN, samples: list[Sample], num_classes: int, test_size: int, device: torch.device
+) -> dict[str, float]:
+    """Detect on every test image at `test_size` (one at a time, as detectron2 tests): VOC07 11-point AP,
+    AP50, AP75 (detectron2's VOC evaluator) and COCO-style coco_AP, coco_AP50, coco_AP75, all in percent."""
+    train_sizes = model.transform.min_size
+    model.transform.min_size = (test_size,)
+    model.eval()
+    images = DetectionImages(samples)
+    detections, truths = [], []
+    with track("detect eval", len(samples), log_every=max(1, len(samples) // 5)) as tracker:
+        for index, sample in enumerate(samples):
+            image, _ = images[(index, False)]
+            output = model([image.to(device)])[0]
+            detections.append(
+                ImageDetections(
+                    output["boxes"].cpu().numpy(),
+                    output["scores"].cpu().numpy(),
+                    output["labels"].cpu().numpy() - 1,
+                )
+            )
+            truths.append(ImageTruth(sample.boxes, sample.labels, sample.difficult))
+            tracker.advance()
+    model.transform.min_size = train_sizes
+    return voc_detection_metrics(detections, truths, num_classes)
+
+
+def _precise_bn_iters(settings: DetectionSettings) -> int:
+    """PreciseBN batches: at most one per training iteration."""
+    return min(settings.precise_bn_iters, settings.iters)
+
+
+def recorded_params(settings: DetectionSettings, geometry: Geometry) -> dict:
+    """A run's params: the settings, the resolved sizes and budgets, lr, steps, warm-up, PreciseBN batches."""
+    return {
+        **asdict(settings),
+        **asdict(geometry),
+        "precise_bn_iters": _precise_bn_iters(settings),
+        "lr": settings.lr,
+        "steps": settings.steps(),
+        "warmup": settings.warmup(),
+    }
+
+
+def check_data(dataset: str, data_root: Path, settings: DetectionSettings) -> Geometry:
+    """Check the settings and parse every annotation (unknown classes fail here; nothing trained) -> the
+    sizes and budgets resolved against the training images."""
+    if settings.iters < 1 or settings.batch_size < 1:
+        raise UserError("--iters and --batch-size must be at least 1")
+    return resolve_geometry(settings, load_data(dataset, data_root).train)
+
+
+def run(weights: WeightsRef, dataset: str, data_root: Path, settings: DetectionSettings) -> dict[str, float]:
+    """Load data, build the model around `weights.build()`, train, PreciseBN, evaluate -> metrics. Seeded by
+    settings.seed (heads, RoI sampling); the caller's RNG state comes back."""
+    data = load_data(dataset, data_root)
+    geometry = resolve_geometry(settings, data.train)
+    bn_iters = _precise_bn_iters(settings)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        model = build_model(weights.build(), len(data.class_names), geometry)
+        device = torch.device(resolve_device(settings.device))
+        model.to(device)
+        print(
+            f"detect: {weights.backbone} C4 Faster R-CNN, {len(data.train)} train / {len(data.test)} test, "
+            f"{len(data.class_names)} classes; train sizes {geometry.min_sizes[0]}-{geometry.min_sizes[-1]}, "
+            f"test {geometry.test_size}, max {geometry.max_size}; per image "
+            f"{geometry.rpn_batch_per_image} anchors, {geometry.rois_per_image} RoIs, "
+            f"{geometry.proposals_train}/{geometry.proposals_test} proposals"
+            + (f" (scaled x{geometry.scale:.3g} for small images)" if geometry.scale != 1.0 else "")
+            + f"; batch {settings.batch_size}, lr {settings.lr:g}, {settings.iters} iterations, "
+            f"PreciseBN {bn_iters}, on {device}",
+            file=sys.stderr,
+        )
+        train(model, data, settings, device)
+        precise_bn(model, data, replace(settings, precise_bn_iters=bn_iters), device)
+        return evaluate(model, data.test, len(data.class_names), geometry.test_size, device)

@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vicregl_cli.cli import app
-from vicregl_cli.data import synthetic
+from vicregl_cli.data import scenes, synthetic
 from vicregl_cli.data.readers import (
     VOC_CLASSES,
     check_same_classes,
@@ -59,7 +59,7 @@ def test_both_layouts_are_complete(dataset):
 
 
 def test_classes_need_both_shape_and_texture():
-    pairs = [synthetic.shape_and_texture(index) for index in range(len(synthetic.CLASS_NAMES))]
+    pairs = [scenes.shape_and_texture(index) for index in range(len(scenes.CLASS_NAMES))]
     assert len(set(pairs)) == len(pairs) >= 10
     shapes = [shape for shape, _ in pairs]
     textures = [texture for _, texture in pairs]
@@ -87,7 +87,7 @@ def _check_boxes_against_mask(mask: np.ndarray, boxes: np.ndarray, labels: np.nd
     """Each box is an integer box inside the image, holds its class, has its class or the 255 band on all four
     edges (tight), and the boxes of a class cover every pixel of that class."""
     height, width = mask.shape
-    covered = np.zeros((len(synthetic.CLASS_NAMES) + 1, height, width), dtype=bool)
+    covered = np.zeros((len(scenes.CLASS_NAMES) + 1, height, width), dtype=bool)
     for (x0, y0, x1, y1), label in zip(boxes, labels, strict=True):
         assert (x0, y0, x1, y1) == tuple(np.round([x0, y0, x1, y1])), where
         x0, y0, x1, y1 = int(x0), int(y0), int(x1), int(y1)
@@ -130,7 +130,7 @@ def test_boxes_and_labels_are_exact_against_the_instance_map(dataset):
     voc = dataset / "VOC2012"
     names = voc_class_names(voc)
     for split, index in (("train", 0), ("train", 7), ("train", 199), ("val", 3), ("val", 49)):
-        scene = synthetic.render_scene(synthetic.image_rng(0, split, index), 96, synthetic.image_label(index))
+        scene = scenes.render_scene(synthetic.image_rng(0, split, index), 96, synthetic.image_label(index))
         name = f"{split}_{index:06d}"
         annotation = parse_voc_xml(voc / "Annotations" / f"{name}.xml", names)
         numbers = [number for number in np.unique(scene.instances).tolist() if number > 0]
@@ -145,7 +145,7 @@ def test_boxes_and_labels_are_exact_against_the_instance_map(dataset):
         written = read_mask(voc / "SegmentationClass" / f"{name}.png")
         classes = np.array([0] + [obj.class_index + 1 for obj in scene.objects])[scene.instances]
         assert np.array_equal(written[written != 255], classes[written != 255])
-        assert np.array_equal(written == 255, synthetic.boundary_band(scene.instances, 1))
+        assert np.array_equal(written == 255, scenes.boundary_band(scene.instances, 1))
 
 
 def test_same_seed_same_bytes_whatever_the_workers_and_counts(dataset, tmp_path):
@@ -165,13 +165,13 @@ def test_same_seed_same_bytes_whatever_the_workers_and_counts(dataset, tmp_path)
 
 def test_large_scenes_keep_the_rules():
     size = 256
-    scene = synthetic.render_scene(synthetic.image_rng(3, "train", 11), size, label=4)
+    scene = scenes.render_scene(synthetic.image_rng(3, "train", 11), size, label=4)
     assert scene.image.shape == (size, size, 3) and scene.image.dtype == np.uint8
     visible = np.bincount(scene.instances.ravel(), minlength=len(scene.objects) + 1)[1:]
     assert scene.objects[int(np.argmax(visible))].class_index == 4
-    assert np.sort(visible)[-1] >= synthetic.LARGEST_MARGIN * np.sort(visible)[-2]
+    assert np.sort(visible)[-1] >= scenes.LARGEST_MARGIN * np.sort(visible)[-2]
     mask = synthetic.segmentation_mask(scene)
-    assert synthetic.border_width(size) == 2
+    assert scenes.border_width(size) == 2
     band = mask == 255
     # a width-2 band: every contour pixel pair is covered, and it reaches 2 pixels on each side of a contour
     rows, cols = np.nonzero(np.diff(scene.instances, axis=1) != 0)
@@ -189,7 +189,7 @@ def test_band_matches_a_brute_force_window():
             for x in range(instances.shape[1]):
                 window = instances[max(0, y - width) : y + width + 1, max(0, x - width) : x + width + 1]
                 expected[y, x] = (window != instances[y, x]).any()
-        assert np.array_equal(synthetic.boundary_band(instances, width), expected)
+        assert np.array_equal(scenes.boundary_band(instances, width), expected)
 
 
 def test_voc_palette_and_shape_areas():
@@ -204,7 +204,7 @@ def test_voc_palette_and_shape_areas():
         "cross": 2 * (0.6 * 1.9) - 0.6**2,
     }
     for shape, area in expected.items():
-        assert synthetic._unit_area(shape) == pytest.approx(area, rel=0.01), shape
+        assert scenes._unit_area(shape) == pytest.approx(area, rel=0.01), shape
 
 
 def test_generate_refuses_bad_arguments_before_writing(tmp_path):

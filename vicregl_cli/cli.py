@@ -3,14 +3,32 @@ plain-Python module (a protocol's plan + the sweep runner, or pretraining)."""
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
+from vicregl_cli.backbones import BACKBONES, parameter_count, resolve_weights
 from vicregl_cli.cli_options import with_feature_options, with_run_options
+from vicregl_cli.data.synthetic import check_arguments, generate
 from vicregl_cli.errors import UserError
+from vicregl_cli.evaluate import knn as knn_protocol
+from vicregl_cli.evaluate import linear as linear_protocol
+from vicregl_cli.evaluate import semi as semi_protocol
 from vicregl_cli.options import FeatureOptions, RunOptions
+from vicregl_cli.pretrain import loop, plan, slurm
+from vicregl_cli.pretrain.config import FIELDS, load_config
+from vicregl_cli.report import default_metric, print_table, read_results, to_csv, to_markdown
+from vicregl_cli.sweep import parse_grid, run_protocol
+from vicregl_cli.transfer import detect as detect_protocol
+from vicregl_cli.transfer import segment as segmentation
+from vicregl_cli.transfer.detectron2_run import launch_command
+from vicregl_cli.transfer.segment_plan import SegmentSettings
+from vicregl_cli.transfer.tv_detection import DetectionSettings
 
 app = typer.Typer(
     help="VICRegL pretraining and the downstream evaluations of the VICReg / VICRegL papers.",
@@ -60,11 +78,6 @@ def pretrain(
     run: RunOptions,
 ) -> None:
     """Pretrain a backbone with VICRegL (VICReg when alpha = 1)."""
-    import sys
-
-    from vicregl_cli.pretrain import loop, plan, slurm
-    from vicregl_cli.pretrain.config import FIELDS, load_config
-
     overrides = {key: value for key, value in locals().items() if key in FIELDS}
     settings = load_config(config, overrides)
     if run.dry_run:
@@ -109,16 +122,12 @@ def knn(
     run: RunOptions,
 ) -> None:
     """Weighted k-NN classification on frozen pooled features (every k in one pass; top-1 / top-5)."""
-    from vicregl_cli.backbones.weights import resolve_weights
-    from vicregl_cli.evaluate import knn as protocol
-    from vicregl_cli.sweep import parse_grid, run_protocol
-
-    config = protocol.KnnConfig(
+    config = knn_protocol.KnnConfig(
         data=data, ks=tuple(parse_grid([*(k or []), *ctx.args], "--k", int) or (20, 200)),
         temperature=temperature, batch_size=batch_size, chunk_size=chunk_size,
         train_chunk_size=train_chunk_size or None, device=run.device, **asdict(features),
     )  # fmt: skip
-    run_protocol(protocol, config, resolve_weights(weights, backbone, seed), out, run)
+    run_protocol(knn_protocol, config, resolve_weights(weights, backbone, seed), out, run)
 
 
 @app.command(context_settings=EXTRA_ARGS)
@@ -143,16 +152,12 @@ def linear(
     run: RunOptions,
 ) -> None:
     """Linear probe on frozen features, with a learning-rate sweep (or --cached: all lrs at once)."""
-    from vicregl_cli.backbones.weights import resolve_weights
-    from vicregl_cli.evaluate import linear as protocol
-    from vicregl_cli.sweep import parse_grid, run_protocol
-
-    config = protocol.LinearConfig(
-        data=data, lrs=tuple(parse_grid([*(lr or []), *ctx.args], "--lr") or protocol.DEFAULT_LRS),
+    config = linear_protocol.LinearConfig(
+        data=data, lrs=tuple(parse_grid([*(lr or []), *ctx.args], "--lr") or linear_protocol.DEFAULT_LRS),
         epochs=epochs, batch_size=batch_size, weight_decay=weight_decay, min_scale=min_scale, cached=cached,
         seed=seed, device=run.device, **asdict(features),
     )  # fmt: skip
-    run_protocol(protocol, config, resolve_weights(weights, backbone, seed), out, run)
+    run_protocol(linear_protocol, config, resolve_weights(weights, backbone, seed), out, run)
 
 
 @app.command()
@@ -179,18 +184,14 @@ def semi(
     run: RunOptions,
 ) -> None:
     """Semi-supervised fine-tuning on 1 % or 10 % of the labels (grid over backbone and head lrs)."""
-    from vicregl_cli.backbones.weights import resolve_weights
-    from vicregl_cli.evaluate import semi as protocol
-    from vicregl_cli.sweep import parse_grid, run_protocol
-
-    config = protocol.SemiConfig(
+    config = semi_protocol.SemiConfig(
         data=data, percent=percent, split_file=split_file,
         lrs_backbone=tuple(parse_grid(lr_backbone, "--lr-backbone")) or None,
         lrs_head=tuple(parse_grid(lr_head, "--lr-head")) or None, epochs=epochs, batch_size=batch_size,
         image_size=image_size, resize=resize, min_scale=min_scale, num_workers=workers, seed=seed,
         device=run.device,
     )  # fmt: skip
-    run_protocol(protocol, config, resolve_weights(weights, backbone, seed), out, run)
+    run_protocol(semi_protocol, config, resolve_weights(weights, backbone, seed), out, run)
 
 
 @app.command(context_settings=EXTRA_ARGS)
@@ -219,13 +220,6 @@ def segment(
     run: RunOptions,
 ) -> None:
     """Semantic segmentation transfer (linear / FCN heads) on mmsegmentation, with a learning-rate sweep."""
-    import os
-
-    from vicregl_cli.backbones.weights import resolve_weights
-    from vicregl_cli.sweep import parse_grid, run_protocol
-    from vicregl_cli.transfer import segment as segmentation
-    from vicregl_cli.transfer.segment_plan import SegmentSettings
-
     lr_values, options = list(lr or []), list(cfg_options or [])
     for extra in ctx.args:  # `--lr 0.1 0.05` / `--cfg-options a=1 b=2`: values with "=" are cfg options
         (options if "=" in extra else lr_values).append(extra)
@@ -282,19 +276,13 @@ def detect(
     run: RunOptions,
 ) -> None:
     """Object detection transfer (Faster R-CNN C4) on detectron2 or the embedded torchvision engine."""
-    from vicregl_cli.backbones.weights import resolve_weights
-    from vicregl_cli.sweep import parse_grid, run_protocol
-    from vicregl_cli.transfer import detect as protocol
-    from vicregl_cli.transfer.detectron2_run import launch_command
-    from vicregl_cli.transfer.tv_detection import DetectionSettings
-
     settings = DetectionSettings(
         min_sizes=tuple(parse_grid([min_sizes] if min_sizes else [], "--min-sizes", int)) or None,
         test_size=test_size, max_size=max_size, rois_per_image=rois_per_image,
         rpn_batch_per_image=rpn_batch_per_image, proposals_train=proposals_train,
         proposals_test=proposals_test, precise_bn_iters=precise_bn_iters, workers=workers, seed=seed,
     )  # fmt: skip
-    config = protocol.DetectConfig(
+    config = detect_protocol.DetectConfig(
         dataset=dataset, data_root=data_root, engine=engine,
         lrs=tuple(parse_grid([*(lr or []), *ctx.args], "--lr")) or None, iters=iters, batch_size=batch_size,
         num_gpus=num_gpus, settings=settings, device=run.device,
@@ -303,9 +291,9 @@ def detect(
     if export_only and run.slurm is not None:
         raise UserError("--export-only writes the .pkl and config here and trains nothing: drop --slurm")
     if run.dry_run or not export_only:
-        run_protocol(protocol, config, resolved, out, run)
+        run_protocol(detect_protocol, config, resolved, out, run)
         return
-    result = protocol.export(config, resolved, out)
+    result = detect_protocol.export(config, resolved, out)
     typer.echo(f"wrote {result.weights} ({result.num_tensors} tensors) and {result.config}")
     typer.echo("train: " + " ".join(launch_command(result.config, num_gpus)))
 
@@ -321,8 +309,6 @@ def synth(
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the arguments, print what would be written"),
 ) -> None:
     """Write the synthetic dataset (ImageFolder + VOC layouts)."""
-    from vicregl_cli.data.synthetic import check_arguments, generate
-
     if dry_run:
         check_arguments(out, num_train, num_val, image_size, workers)
         typer.echo(f"would write {num_train} + {num_val} images of {image_size}x{image_size} (seed {seed})"
@@ -335,11 +321,6 @@ def synth(
 @app.command()
 def backbones() -> None:
     """List the backbone registry: parameters (no classifier), representation size, stage widths."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from vicregl_cli.backbones import BACKBONES, parameter_count
-
     table = Table(title="vicregl backbones (output stride 32; parameters without classifier)")
     table.add_column("name", no_wrap=True)
     for column in ("parameters", "representation", "stage widths"):
@@ -360,9 +341,6 @@ def report(
     dry_run: bool = typer.Option(False, "--dry-run", help="Read the records, print what would be shown"),
 ) -> None:
     """Print or export the results of finished evaluation runs (the best row marked)."""
-    from vicregl_cli.errors import UserError
-    from vicregl_cli.report import default_metric, print_table, read_results, to_csv, to_markdown
-
     if format not in ("table", "md", "csv"):
         raise UserError(f"--format must be table, md or csv, got {format!r}")
     records = read_results(paths)
@@ -383,8 +361,6 @@ def report(
 
 def main() -> None:
     """Console entry point: bad user input prints one clear line and exits 1, without a traceback."""
-    from vicregl_cli.errors import UserError
-
     try:
         app()
     except UserError as error:

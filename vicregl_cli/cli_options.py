@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from vicregl_cli.options import FeatureOptions, RunOptions, SlurmOptions
+from vicregl_cli.options import FeatureOptions, RunOptions, SlurmOptions, default_cache_dir
 
 SLURM = "SLURM (one job per sweep point)"
 
@@ -108,8 +108,6 @@ def _feature_parameters() -> list[inspect.Parameter]:
 
 
 def _feature_options(values: dict[str, Any]) -> FeatureOptions:
-    from vicregl_cli.evaluate.features import default_cache_dir  # torch: only when the command runs
-
     cache_dir = None if values["no_cache"] else values["cache_dir"] or default_cache_dir()
     return FeatureOptions(
         image_size=values["image_size"], resize=values["resize"], num_workers=values["workers"],

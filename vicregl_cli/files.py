@@ -31,9 +31,3 @@ def write_json_atomic(path: str | Path, content: Any) -> Path:
     """Write `content` as indented JSON to `path` atomically."""
     return write_text_atomic(path, json.dumps(content, indent=2) + "\n")
 
-
-def save_torch_atomic(path: str | Path, payload: Any) -> Path:
-    """torch.save `payload` to `path` atomically."""
-    import torch
-
-    return write_atomic(path, lambda temporary: torch.save(payload, temporary))

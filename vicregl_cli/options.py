@@ -3,6 +3,7 @@ turns the SLURM options into a submitit executor."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,14 @@ class FeatureOptions:
     cache_dir: Path | None = None
     recalibrate_bn: bool | None = None
     bn_batches: int = 100
+
+
+def default_cache_dir() -> Path:
+    """$VICREGL_CACHE, else $XDG_CACHE_HOME/vicregl/features, else ~/.cache/vicregl/features."""
+    if os.environ.get("VICREGL_CACHE"):
+        return Path(os.environ["VICREGL_CACHE"]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "vicregl" / "features"
 
 
 def executor_parameters(slurm: SlurmOptions, name: str, **extra: Any) -> dict[str, Any]:

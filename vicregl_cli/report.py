@@ -6,13 +6,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import platform
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
+import vicregl_cli
 from vicregl_cli.errors import UserError
 
 if TYPE_CHECKING:
@@ -42,10 +45,6 @@ def make_result(
     wall_time_s: float,
 ) -> dict:
     """A results record (every protocol the same keys); the weights entry names the file and its sha256."""
-    import platform
-
-    import vicregl_cli
-
     return {
         "protocol": protocol,
         "backbone": None if weights is None else weights.backbone,
@@ -65,8 +64,6 @@ def make_result(
 def _version(package: str) -> str | None:
     """An installed package's version: the imported module's own (with its local tag, e.g. +cu130), else
     its metadata's (a run that never needed the package does not import it for the record)."""
-    from importlib import metadata
-
     module = sys.modules.get(package)
     if module is not None and hasattr(module, "__version__"):
         return str(module.__version__)

@@ -13,6 +13,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from rich.console import Console
+from rich.table import Table
+
 from vicregl_cli.errors import UserError
 from vicregl_cli.files import write_json_atomic
 from vicregl_cli.options import RunOptions, SlurmOptions, executor_parameters, make_executor
@@ -222,9 +225,6 @@ def print_plan(
 ) -> None:
     """`--dry-run`: the weights (with sha256), the dataset, every point with its params, what would be
     skipped, and the SLURM job that would be submitted per point. Writes and submits nothing."""
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console() if Console().is_terminal else Console(width=200)
     runs = [run for point in points for run in point.runs]
     todo = {run.name for point in pending for run in point.runs}

@@ -11,6 +11,7 @@ import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 
 from vicregl_cli.backbones.registry import build_backbone, get_spec
 from vicregl_cli.errors import UserError, key_list
-from vicregl_cli.files import save_torch_atomic, write_atomic
+from vicregl_cli.files import write_atomic
 from vicregl_cli.seeding import seeded
 
 RANDOM = "random"
@@ -266,7 +267,7 @@ def save_backbone(path: str | Path, name: str, state_dict: Mapping[str, Tensor])
     """Write {"backbone_name": name, "state_dict": CPU copy of state_dict} atomically (temporary + rename)."""
     get_spec(name)
     cpu_state = {key: value.detach().cpu() for key, value in state_dict.items()}
-    save_torch_atomic(path, {"backbone_name": name, "state_dict": cpu_state})
+    write_atomic(path, partial(torch.save, {"backbone_name": name, "state_dict": cpu_state}))
 
 
 def weights_sha256(path: str | Path) -> str:

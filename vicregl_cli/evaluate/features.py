@@ -6,12 +6,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
@@ -21,18 +22,10 @@ from vicregl_cli.backbones.weights import WeightsRef
 from vicregl_cli.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from vicregl_cli.distributed import is_main_process, rank, world_size
 from vicregl_cli.errors import UserError
-from vicregl_cli.files import save_torch_atomic
+from vicregl_cli.files import write_atomic
 from vicregl_cli.progress import track
 
 CACHE_FORMAT = 1
-
-
-def default_cache_dir() -> Path:
-    """$VICREGL_CACHE, else $XDG_CACHE_HOME/vicregl/features, else ~/.cache/vicregl/features."""
-    if os.environ.get("VICREGL_CACHE"):
-        return Path(os.environ["VICREGL_CACHE"]).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "vicregl" / "features"
 
 
 def eval_transform(resize: int = 256, crop: int = 224) -> transforms.Compose:
@@ -105,8 +98,6 @@ def _shard(size: int, rank: int, world: int) -> list[int]:
 
 def _gather_shards(local: Tensor, size: int, world: int) -> Tensor:
     """All-gather the strided shards of every rank into the full (size, C) tensor, in dataset order."""
-    import torch.distributed as dist
-
     rows = (size + world - 1) // world
     padded = local.new_zeros((rows, *local.shape[1:]))
     padded[: local.shape[0]] = local
@@ -226,7 +217,7 @@ class FeatureExtractor:
             description=description,
         )
         if path is not None and is_main_process():
-            save_torch_atomic(path, {"features": features, "labels": labels})
+            write_atomic(path, partial(torch.save, {"features": features, "labels": labels}))
         return features, labels
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from vicregl_cli.distributed import DistEnv
 from vicregl_cli.errors import UserError
-from vicregl_cli.files import save_torch_atomic
+from vicregl_cli.files import write_atomic
 from vicregl_cli.pretrain.config import PretrainConfig, to_dict
 
 MUST_MATCH_ON_RESUME = (
@@ -73,7 +74,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """torch.save `payload` to `path` atomically: a crash never leaves a partial checkpoint."""
-    save_torch_atomic(path, payload)
+    write_atomic(path, partial(torch.save, payload))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

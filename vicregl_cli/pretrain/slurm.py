@@ -12,6 +12,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from vicregl_cli.backbones.registry import get_spec
 from vicregl_cli.errors import UserError
 from vicregl_cli.options import SlurmOptions, executor_parameters, make_executor
@@ -60,8 +62,6 @@ def _checked(config: PretrainConfig, slurm: SlurmOptions) -> str:
 
 def print_job(config: PretrainConfig, slurm: SlurmOptions) -> None:
     """`--slurm --dry-run`: the resolved config and the job that would be submitted; submits nothing."""
-    import yaml
-
     name = _checked(config, slurm)
     parameters = executor_parameters(slurm, name, slurm_signal_delay_s=SIGNAL_DELAY_S)
     print(yaml.safe_dump({"config": to_dict(config)}, sort_keys=False), end="")

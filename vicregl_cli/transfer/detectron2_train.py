@@ -14,9 +14,12 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
 
+from vicregl_cli.data.readers import VOC_CLASSES, parse_voc_xml, read_split, voc_class_names
 from vicregl_cli.errors import UserError
+from vicregl_cli.transfer.detectron2_config import EXTRA_NORM_HEAD
 
 DETECTRON2_MISSING = (
     "detectron2 is not installed in this environment; install it on the cluster (see docs/detect.md, "
@@ -87,9 +90,7 @@ def require_detectron2() -> None:
 def voc_dicts(voc_root: str, split: str, class_names: list[str]) -> list[dict]:
     """detectron2 dataset dicts of a VOC-layout folder (image file named by the XML; difficult objects kept,
     as detectron2's `load_voc_instances` keeps them for training; its VOC evaluator ignores them)."""
-    from detectron2.structures import BoxMode
-
-    from vicregl_cli.data.readers import parse_voc_xml, read_split
+    from detectron2.structures import BoxMode  # detectron2: installed on the cluster only
 
     root = Path(voc_root)
     records = []
@@ -126,8 +127,6 @@ def _register_voc(name: str, voc_root: str, split: str, class_names: list[str]) 
 
 def coco_subset(records: list[dict], fraction: float, seed: int) -> list[dict]:
     """A deterministic `fraction` of the images (sorted ids, seeded draw without replacement)."""
-    import numpy as np
-
     ordered = sorted(records, key=lambda record: record["image_id"])
     count = max(1, round(len(ordered) * fraction))
     chosen = np.sort(np.random.RandomState(seed).choice(len(ordered), size=count, replace=False))
@@ -158,8 +157,6 @@ def _register_coco(section: dict) -> None:
 
 def register_datasets(section: dict) -> None:
     """Register the `vicregl_*` datasets a config names (idempotent: each spawned worker calls it again)."""
-    from vicregl_cli.data.readers import VOC_CLASSES, voc_class_names
-
     dataset, root = section["DATASET"], section["DATA_ROOT"]
     if dataset == "voc":
         class_names = list(section.get("CLASS_NAMES") or voc_class_names(Path(root)))
@@ -177,10 +174,8 @@ def register_datasets(section: dict) -> None:
 def register_extra_norm_head() -> None:
     """Register `Res5ROIHeadsExtraNorm`: detectron2's Res5ROIHeads with a norm layer (cfg's RESNETS.NORM)
     after res5, as in the MoCo / DenseCL detection benchmark."""
-    from detectron2.layers import get_norm
+    from detectron2.layers import get_norm  # detectron2: installed on the cluster only
     from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
-
-    from vicregl_cli.transfer.detectron2_config import EXTRA_NORM_HEAD
 
     if EXTRA_NORM_HEAD in ROI_HEADS_REGISTRY:
         return

@@ -5,6 +5,7 @@ local checkpoint loader that can read the checkpoints mmengine's Runner itself w
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import types
 
@@ -91,8 +92,6 @@ def apply_mmcv_ops_standin() -> bool:
 
 def _load_trusted_local(filename: str, map_location=None):
     """mmengine's local-file loader with weights_only=False: for checkpoints the Runner wrote itself."""
-    import os.path
-
     path = os.path.expanduser(filename)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} can not be found.")

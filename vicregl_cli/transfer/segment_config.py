@@ -52,54 +52,23 @@ def _model(plan: SegmentPlan, weights: WeightsRef) -> dict:
         ),
         backbone=backbone,
     )
-    if plan.settings.protocol == "fcn":
+    common = dict(num_classes=num_classes, norm_cfg=norm, align_corners=False, loss_decode=loss)
+    if plan.settings.protocol == "fcn":  # mmseg's fcn_r50-d8: FCNHead on res5, auxiliary FCNHead on res4
+        fcn = dict(type="FCNHead", dropout_ratio=0.1, **common)
         model["decode_head"] = dict(
-            type="FCNHead",
-            in_channels=widths[3],
-            in_index=3,
-            channels=512,
-            num_convs=2,
-            concat_input=True,
-            dropout_ratio=0.1,
-            num_classes=num_classes,
-            norm_cfg=norm,
-            align_corners=False,
-            loss_decode=loss,
+            fcn, in_channels=widths[3], in_index=3, channels=512, num_convs=2, concat_input=True
         )
         model["auxiliary_head"] = dict(
-            type="FCNHead",
-            in_channels=widths[2],
-            in_index=2,
-            channels=256,
-            num_convs=1,
-            concat_input=False,
-            dropout_ratio=0.1,
-            num_classes=num_classes,
-            norm_cfg=norm,
-            align_corners=False,
+            fcn, in_channels=widths[2], in_index=2, channels=256, num_convs=1, concat_input=False,
             loss_decode=dict(loss, loss_weight=0.4),
-        )
+        )  # fmt: skip
     elif is_resnet:
-        model["decode_head"] = dict(
-            type="LinearSegHead",
-            in_channels=widths[3],
-            in_index=3,
-            num_classes=num_classes,
-            norm_cfg=norm,
-            align_corners=False,
-            loss_decode=loss,
-        )
+        model["decode_head"] = dict(type="LinearSegHead", in_channels=widths[3], in_index=3, **common)
     else:
         model["decode_head"] = dict(
-            type="LinearSegHead",
-            in_channels=widths,
-            in_index=[0, 1, 2, 3],
-            input_transform="resize_concat",
-            num_classes=num_classes,
-            norm_cfg=norm,
-            align_corners=False,
-            loss_decode=loss,
-        )
+            type="LinearSegHead", in_channels=widths, in_index=[0, 1, 2, 3], input_transform="resize_concat",
+            **common,
+        )  # fmt: skip
     model["train_cfg"] = dict()
     model["test_cfg"] = dict(mode="whole")
     return model

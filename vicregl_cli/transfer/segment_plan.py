@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from vicregl_cli.backbones import WeightsRef, get_spec
+from vicregl_cli.data.readers import read_mask, voc_class_names
 from vicregl_cli.errors import UserError
 
 if TYPE_CHECKING:
@@ -143,12 +144,7 @@ def _check_labels(
     """Class-count check on a sample of masks: every label must be a class index (or 255, ignored)."""
     highest = num_classes if reduce_zero_label else num_classes - 1
     for _, mask_path in pairs[:SAMPLED_FILES]:
-        with Image.open(mask_path) as mask:
-            if mask.mode not in ("P", "L"):
-                raise UserError(
-                    f"mask {mask_path} has mode {mask.mode}; expected a palette or grey PNG of indices"
-                )
-            values = np.unique(np.asarray(mask))
+        values = np.unique(read_mask(mask_path))
         bad = [int(v) for v in values if v > highest and v != 255]
         if bad:
             raise UserError(
@@ -160,8 +156,6 @@ def _check_labels(
 def _class_names(data_root: Path, template: dict) -> tuple[list[str], str]:
     """(class names, where they come from): the VOC root's list, or the mmseg dataset's METAINFO."""
     if template["classes_from"] == "voc_root":
-        from vicregl_cli.data.readers import voc_class_names
-
         listing = data_root / "classes.txt"
         source = f"{listing} (+ background)" if listing.is_file() else "the 20 VOC classes (+ background)"
         return ["background", *voc_class_names(data_root)], source

@@ -27,12 +27,14 @@ from vicregl_cli.cli import app
 from vicregl_cli.errors import UserError
 
 ALL_NAMES = [
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet50x2", "resnet50x4", "resnet200x2",
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet50x2", "resnet50x4", "resnet50x5",
+    "resnet200x2", "resnet18_small", "resnet34_small", "resnet50_small",
     "convnext_tiny", "convnext_small", "convnext_base", "convnext_large", "convnext_xlarge",
 ]  # fmt: skip
+SMALL_STEM = {"resnet18_small", "resnet34_small", "resnet50_small"}  # 3 x 3 stride-1 stem, no max-pool
 # Built for real (random init + a real forward); the others are built and run on the `meta` device, which
 # checks the same module graph and output shapes without allocating their 40-375 M parameters.
-REAL_BUILDS = {"resnet18", "resnet34", "resnet50", "convnext_tiny"}
+REAL_BUILDS = {"resnet18", "resnet34", "resnet50", "convnext_tiny", "resnet18_small"}
 
 # Independent description of each entry: (block, blocks per stage, widen) / (blocks per stage, first width).
 RESNET_LAYOUT = {
@@ -43,7 +45,11 @@ RESNET_LAYOUT = {
     "resnet152": ("bottleneck", (3, 8, 36, 3), 1),
     "resnet50x2": ("bottleneck", (3, 4, 6, 3), 2),
     "resnet50x4": ("bottleneck", (3, 4, 6, 3), 4),
+    "resnet50x5": ("bottleneck", (3, 4, 6, 3), 5),
     "resnet200x2": ("bottleneck", (3, 24, 36, 3), 2),
+    "resnet18_small": ("basic", (2, 2, 2, 2), 1),
+    "resnet34_small": ("basic", (3, 4, 6, 3), 1),
+    "resnet50_small": ("bottleneck", (3, 4, 6, 3), 1),
 }
 CONVNEXT_LAYOUT = {
     "convnext_tiny": ((3, 3, 9, 3), 96),
@@ -54,10 +60,10 @@ CONVNEXT_LAYOUT = {
 }
 
 
-def resnet_parameters(block: str, layers: tuple[int, ...], widen: int) -> int:
+def resnet_parameters(block: str, layers: tuple[int, ...], widen: int, stem_kernel: int = 7) -> int:
     """Parameters of a ResNet trunk, every convolution width multiplied by `widen` (BN: weight + bias)."""
     stem = 64 * widen
-    total = 3 * 49 * stem + 2 * stem
+    total = 3 * stem_kernel**2 * stem + 2 * stem
     in_channels = stem
     for stage, blocks in enumerate(layers):
         planes = stem * 2**stage
@@ -91,13 +97,13 @@ def expected_widths(name: str) -> tuple[int, ...]:
     return tuple(CONVNEXT_LAYOUT[name][1] * 2**i for i in range(4))
 
 
-def test_registry_holds_the_13_entries_with_their_widths():
+def test_registry_holds_the_17_entries_with_their_widths():
     assert list(BACKBONES) == ALL_NAMES
     for name in ALL_NAMES:
         spec = get_spec(name)
         assert spec.stage_widths == expected_widths(name)
         assert spec.representation_size == spec.stage_widths[-1]
-        assert spec.output_stride == 32
+        assert spec.output_stride == (8 if name in SMALL_STEM else 32)
         family_and_norm = ("resnet", "batch") if name in RESNET_LAYOUT else ("convnext", "layer")
         assert (spec.family, spec.norm) == family_and_norm
     assert get_spec("resnet50x2").representation_size == 4096
@@ -114,10 +120,11 @@ def test_every_entry_builds_and_returns_the_right_shapes_at_64(name):
         feature_map, pooled = model(images)
         stages = model.forward_stages(images)
     widths = expected_widths(name)
+    first = 64 if name in SMALL_STEM else 16  # strides 1, 2, 4, 8 with the small stem; 4 ... 32 otherwise
     assert model.spec == get_spec(name)
-    assert feature_map.shape == (2, widths[-1], 2, 2)
+    assert feature_map.shape == (2, widths[-1], first // 8, first // 8)
     assert pooled.shape == (2, widths[-1])
-    expected_stages = [(2, width, 16 // 2**i, 16 // 2**i) for i, width in enumerate(widths)]
+    expected_stages = [(2, width, first // 2**i, first // 2**i) for i, width in enumerate(widths)]
     assert [tuple(stage.shape) for stage in stages] == expected_stages
     if device == "cpu":
         torch.testing.assert_close(pooled, feature_map.mean(dim=(2, 3)))
@@ -127,7 +134,7 @@ def test_every_entry_builds_and_returns_the_right_shapes_at_64(name):
 @pytest.mark.parametrize("name", ALL_NAMES)
 def test_parameter_counts_match_an_analytic_count(name):
     if name in RESNET_LAYOUT:
-        expected = resnet_parameters(*RESNET_LAYOUT[name])
+        expected = resnet_parameters(*RESNET_LAYOUT[name], stem_kernel=3 if name in SMALL_STEM else 7)
     else:
         expected = convnext_parameters(*CONVNEXT_LAYOUT[name])
     assert parameter_count(name) == expected
@@ -465,7 +472,7 @@ def test_resnet_overrides_dilation_and_zero_init_residual():
     assert torch.equal(plain.layer1[0].bn2.weight, torch.ones(64))
 
 
-def test_cli_lists_all_13_backbones():
+def test_cli_lists_all_17_backbones():
     result = CliRunner().invoke(app, ["backbones"])
     assert result.exit_code == 0, result.output
     rows = {line.split()[1]: line for line in result.output.splitlines() if line.startswith("│")}
@@ -473,3 +480,23 @@ def test_cli_lists_all_13_backbones():
     assert "23.51 M" in rows["resnet50"] and "2048" in rows["resnet50"]
     assert "49.44 M" in rows["convnext_small"] and "96-192-384-768" in rows["convnext_small"]
     assert "4096" in rows["resnet50x2"] and "512-1024-2048-4096" in rows["resnet50x2"]
+
+
+def test_small_stem_keeps_full_resolution_and_torchvision_key_names():
+    torch.manual_seed(0)
+    model = build_backbone("resnet18_small").eval()
+    assert (model.conv1.kernel_size, model.conv1.stride) == ((3, 3), (1, 1))
+    assert isinstance(model.maxpool, torch.nn.Identity)
+    reference = torchvision.models.resnet18()
+    assert list(model.state_dict()) == [key for key in reference.state_dict() if not key.startswith("fc.")]
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():  # the same blocks as torchvision's resnet18 after a 3 x 3 stride-1 stem
+        reference.conv1 = model.conv1
+        reference.load_state_dict({**model.state_dict(), "fc.weight": reference.fc.weight,
+                                   "fc.bias": reference.fc.bias})  # fmt: skip
+        stem = reference.relu(reference.bn1.eval()(reference.conv1(images)))
+        expected = reference.eval().layer4(reference.layer3(reference.layer2(reference.layer1(stem))))
+        feature_map, _ = model(images)
+    assert feature_map.shape == (2, 512, 8, 8)  # output stride 8: a 64 px image gives an 8 x 8 grid
+    torch.testing.assert_close(feature_map, expected)
+    assert get_spec("resnet50_small").output_stride == 8

@@ -188,3 +188,22 @@ def test_every_evaluation_has_the_same_run_options():
         output = CliRunner().invoke(app, [name, "--help"], terminal_width=300).output
         missing = [option for option in shared if option not in output]
         assert not missing, (name, missing)
+
+
+def test_a_small_stem_checkpoint_runs_knn_linear_segment_and_detect_refuses_it(synthetic, tmp_path):
+    weights = tmp_path / "r18_small.pth"
+    save_backbone(weights, "resnet18_small", build_backbone("resnet18_small").state_dict())
+    for name, arguments in commands(synthetic, tmp_path).items():
+        arguments[arguments.index(str(synthetic / "r18.pth"))] = str(weights)
+        if name == "detect":
+            result = CliRunner().invoke(app, [*arguments, "--device", "cpu"])
+            assert result.exit_code != 0 and "small-input stem" in str(result.exception)
+            continue
+        if name == "semi":
+            continue  # the same pooled-feature path as linear, at fine-tuning cost
+        invoke(arguments)
+        (file, *_) = sorted((tmp_path / name).rglob("result.json"))
+        record = json.loads(file.read_text())
+        assert record["backbone"] == "resnet18_small" and record["metrics"]
+    config = (tmp_path / "segment" / "lr=0.01" / "config.py").read_text()
+    assert "'output_stride': 8" in config or "output_stride=8" in config

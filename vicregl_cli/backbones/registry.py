@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -16,9 +17,19 @@ from vicregl_cli.backbones.spec import BackboneSpec
 from vicregl_cli.errors import UserError
 
 
-def _resnet_spec(name: str, expansion: int, widen: int) -> BackboneSpec:
-    widths = tuple(64 * widen * expansion * 2**i for i in range(4))
-    return BackboneSpec(name, "resnet", widths, 32, widths[-1], "batch")
+@dataclass(frozen=True)
+class ResNetLayout:
+    """A ResNet entry: block type, blocks per stage, channels after the stem, and the stem (ImageNet's 7 × 7
+    stride-2 convolution + max-pool: output stride 32; the small-input 3 × 3 stride-1 one: stride 8)."""
+
+    block: type[BasicBlock] | type[Bottleneck]
+    layers: tuple[int, int, int, int]
+    base_width: int = 64
+    small_stem: bool = False
+
+    def spec(self, name: str) -> BackboneSpec:
+        widths = tuple(self.base_width * self.block.expansion * 2**i for i in range(4))
+        return BackboneSpec(name, "resnet", widths, 8 if self.small_stem else 32, widths[-1], "batch")
 
 
 def _convnext_spec(name: str, first_width: int) -> BackboneSpec:
@@ -26,15 +37,19 @@ def _convnext_spec(name: str, first_width: int) -> BackboneSpec:
     return BackboneSpec(name, "convnext", widths, 32, widths[-1], "layer")
 
 
-_RESNETS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, int, int, int], int]] = {
-    "resnet18": (BasicBlock, (2, 2, 2, 2), 1),
-    "resnet34": (BasicBlock, (3, 4, 6, 3), 1),
-    "resnet50": (Bottleneck, (3, 4, 6, 3), 1),
-    "resnet101": (Bottleneck, (3, 4, 23, 3), 1),
-    "resnet152": (Bottleneck, (3, 8, 36, 3), 1),
-    "resnet50x2": (Bottleneck, (3, 4, 6, 3), 2),
-    "resnet50x4": (Bottleneck, (3, 4, 6, 3), 4),
-    "resnet200x2": (Bottleneck, (3, 24, 36, 3), 2),
+_RESNETS: dict[str, ResNetLayout] = {
+    "resnet18": ResNetLayout(BasicBlock, (2, 2, 2, 2)),
+    "resnet34": ResNetLayout(BasicBlock, (3, 4, 6, 3)),
+    "resnet50": ResNetLayout(Bottleneck, (3, 4, 6, 3)),
+    "resnet101": ResNetLayout(Bottleneck, (3, 4, 23, 3)),
+    "resnet152": ResNetLayout(Bottleneck, (3, 8, 36, 3)),
+    "resnet50x2": ResNetLayout(Bottleneck, (3, 4, 6, 3), 128),
+    "resnet50x4": ResNetLayout(Bottleneck, (3, 4, 6, 3), 256),
+    "resnet50x5": ResNetLayout(Bottleneck, (3, 4, 6, 3), 320),
+    "resnet200x2": ResNetLayout(Bottleneck, (3, 24, 36, 3), 128),
+    "resnet18_small": ResNetLayout(BasicBlock, (2, 2, 2, 2), small_stem=True),
+    "resnet34_small": ResNetLayout(BasicBlock, (3, 4, 6, 3), small_stem=True),
+    "resnet50_small": ResNetLayout(Bottleneck, (3, 4, 6, 3), small_stem=True),
 }
 _CONVNEXTS: dict[str, tuple[tuple[int, int, int, int], int]] = {
     "convnext_tiny": ((3, 3, 9, 3), 96),
@@ -45,7 +60,7 @@ _CONVNEXTS: dict[str, tuple[tuple[int, int, int, int], int]] = {
 }
 
 BACKBONES: dict[str, BackboneSpec] = {
-    **{name: _resnet_spec(name, block.expansion, widen) for name, (block, _, widen) in _RESNETS.items()},
+    **{name: layout.spec(name) for name, layout in _RESNETS.items()},
     **{name: _convnext_spec(name, first_width) for name, (_, first_width) in _CONVNEXTS.items()},
 }
 
@@ -77,14 +92,14 @@ def build_backbone(name: str, **overrides: Any) -> nn.Module:
     if spec.family == "convnext":
         depths, _ = _CONVNEXTS[name]
         return ConvNeXtTrunk(spec, depths, **overrides)
-    block, layers, widen = _RESNETS[name]
+    layout = _RESNETS[name]
     dilation = tuple(overrides.get("replace_stride_with_dilation", (False, False, False)))
     if len(dilation) != 3:
         raise UserError(f"replace_stride_with_dilation needs 3 booleans, got {dilation}")
-    if any(dilation) and block is BasicBlock:
+    if any(dilation) and layout.block is BasicBlock:
         raise UserError(f"{name} has basic blocks, which torchvision cannot dilate: use resnet50 or deeper")
-    spec = dataclasses.replace(spec, output_stride=32 // 2 ** sum(bool(d) for d in dilation))
-    return ResNetTrunk(spec, block, layers, widen, **overrides)
+    spec = dataclasses.replace(spec, output_stride=spec.output_stride // 2 ** sum(bool(d) for d in dilation))
+    return ResNetTrunk(spec, layout.block, layout.layers, layout.base_width, layout.small_stem, **overrides)
 
 
 @cache

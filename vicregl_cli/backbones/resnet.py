@@ -10,10 +10,13 @@ from vicregl_cli.backbones.spec import BackboneSpec
 
 
 class ResNetTrunk(nn.Module):
-    """torchvision's ResNet without `avgpool`/`fc`, every convolution width times `widen` (stem included).
+    """torchvision's ResNet without `avgpool`/`fc`, `base_width` channels after the stem (64; 128 and 256 for
+    VICReg's ×2 and ×4, whose every convolution widens with it).
 
     Keys match torchvision (`conv1`, `bn1`, `layer1..4`): torchvision and VICReg/VICRegL files load unchanged.
-    `forward_stages` returns the outputs of layer1..layer4 (strides 4, 8, 16, 32 unless dilated).
+    `forward_stages` returns the outputs of layer1..layer4 (strides 4, 8, 16, 32 unless dilated). The
+    small-input stem (`small_stem`: a 3 × 3 stride-1 convolution and no max-pool, as CIFAR / STL-scale
+    self-supervised work uses) keeps full resolution: strides 1, 2, 4, 8, so a 64 px image gives an 8 × 8 map.
     """
 
     def __init__(
@@ -21,17 +24,21 @@ class ResNetTrunk(nn.Module):
         spec: BackboneSpec,
         block: type[BasicBlock] | type[Bottleneck],
         layers: tuple[int, int, int, int],
-        widen: int = 1,
+        base_width: int = 64,
+        small_stem: bool = False,
         zero_init_residual: bool = True,
         replace_stride_with_dilation: tuple[bool, bool, bool] = (False, False, False),
     ) -> None:
         super().__init__()
         self.spec = spec
-        stem_width = 64 * widen
-        self.conv1 = nn.Conv2d(3, stem_width, kernel_size=7, stride=2, padding=3, bias=False)
+        stem_width = base_width
+        if small_stem:
+            self.conv1 = nn.Conv2d(3, stem_width, kernel_size=3, stride=1, padding=1, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(3, stem_width, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(stem_width)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.maxpool = nn.Identity() if small_stem else nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self._inplanes = stem_width
         self._dilation = 1
         self.layer1 = self._make_layer(block, stem_width, layers[0], stride=1, dilate=False)
@@ -87,6 +94,6 @@ class ResNetTrunk(nn.Module):
         return stages
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(last-stage map (B, C, H/32, W/32), its spatial mean (B, C))."""
+        """(last-stage map (B, C, H / stride, W / stride), its spatial mean (B, C))."""
         feature_map = self.forward_stages(x)[-1]
         return feature_map, torch.mean(feature_map, dim=(2, 3))

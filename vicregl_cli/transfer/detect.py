@@ -59,11 +59,17 @@ def _check_options(config: DetectConfig, weights: WeightsRef, engine: str) -> No
         raise UserError("--batch-size, --num-gpus and --iters must be at least 1")
     if config.lrs and any(lr <= 0 for lr in config.lrs):
         raise UserError(f"--lr needs positive learning rates, got {list(config.lrs)}")
-    family = get_spec(weights.backbone).family
-    if family != "resnet":
+    spec = get_spec(weights.backbone)
+    if spec.family != "resnet":
         raise UserError(
-            f"backbone {weights.backbone!r} is a {family}, not a ResNet; the Faster / Mask R-CNN benchmarks "
-            "need one (res4 trunk + res5 head)"
+            f"backbone {weights.backbone!r} is a {spec.family}, not a ResNet; the Faster / Mask R-CNN "
+            "benchmarks need one (res4 trunk + res5 head)"
+        )
+    if spec.output_stride != 32:
+        raise UserError(
+            f"backbone {weights.backbone!r} has the small-input stem (3 x 3 stride-1 convolution, no "
+            "max-pool: output stride 8); the C4 / FPN detectors assume ImageNet's stem (res4 at stride 16, "
+            "detectron2's 7 x 7 `stem.conv1`): use a backbone without `_small`"
         )
     if engine == "detectron2":
         resnet_geometry(weights.backbone)

@@ -68,12 +68,14 @@ class VICRegLBackbone(BaseModule):
         super().__init__(init_cfg)
         spec = get_spec(name)
         trunk = build_backbone(name, **(options or {}))
-        if output_stride == 8:
+        if output_stride == 8 and spec.output_stride == 32:
             if spec.family != "resnet":
                 raise UserError(f"output stride 8 (dilation) is for ResNets; {name} is a {spec.family}")
             dilate_resnet(trunk)
-        elif output_stride != 32:
-            raise UserError(f"output_stride must be 8 (dilated ResNet) or 32, got {output_stride}")
+        elif output_stride != spec.output_stride:
+            raise UserError(
+                f"output_stride {output_stride}: {name} gives {spec.output_stride} (8 by dilating a ResNet)"
+            )
         for child_name, child in trunk.named_children():
             self.add_module(child_name, child)
         for parameter_name, parameter in trunk.named_parameters(recurse=False):

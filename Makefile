@@ -3,6 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := demo_out
+SEED := 0
 
 .PHONY: demo test venv lint
 
@@ -21,4 +22,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 demo: $(STAMP)
-	bash scripts/demo.sh $(DEMO)
+	bash scripts/demo.sh $(DEMO) $(SEED)

@@ -1,52 +1,45 @@
 #!/usr/bin/env bash
-# The demo: synthetic data -> VICRegL pretraining -> k-NN, linear, segmentation and detection evaluations of the
-# pretrained backbone and of a random-init one -> result tables. About 10 minutes on 2 CPU cores.
-# A pipeline check, not a quality claim: a few CPU minutes of pretraining give small gains at best.
+# The demo: synthetic data -> VICRegL pretraining (the miniature: docs/miniature.md) -> k-NN, linear probe and
+# frozen linear segmentation of the pretrained backbone and of a random-init one (BatchNorm re-estimated) ->
+# one summary table (OUT/summary.json). Detection runs as a pipeline check. About 9 minutes on 2 CPU cores.
+# Usage: bash scripts/demo.sh [OUT] [SEED]   (SEED draws the synthetic data, the pretraining and the random init)
 set -euo pipefail
 OUT=${1:-demo_out}
+SEED=${2:-0}
 VICREGL=${VICREGL:-.venv/bin/vicregl}
+PYTHON=${PYTHON:-.venv/bin/python}
 rm -rf "$OUT"
-mkdir -p "$OUT"
+mkdir -p "$OUT/logs"
 SYNTH=$OUT/synth
-RUN=$OUT/pretrain
-PRETRAINED=$RUN/backbone.pth
-EVAL="--image-size 96 --resize 96 --batch-size 64 --workers 0 --device cpu --cache-dir $OUT/cache"
+PRETRAINED=$OUT/pretrain/backbone.pth
+BASELINE=$OUT/random_init/backbone.pth
+FEATURES=(--image-size 48 --resize 48 --batch-size 200 --workers 0 --no-cache --device cpu --seed "$SEED")
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# One line per step; the step's own output (tables) follows, its logs and warnings go to OUT/logs/<step>.log.
+step() {
+    local name=$1
+    shift
+    printf '\n\033[1m== %s\033[0m (log: %s)\n' "$name" "$OUT/logs/$name.log"
+    "$@" 2>>"$OUT/logs/$name.log"
+}
+both() {  # run an evaluation on the pretrained backbone and on the random-init one
+    local name=$1
+    shift
+    step "$name (pretrained)" "$VICREGL" "$name" --weights "$PRETRAINED" --out "$OUT/$name/pretrained" "$@"
+    step "$name (random init)" "$VICREGL" "$name" --weights "$BASELINE" --out "$OUT/$name/random" "$@"
+}
 
-step "synthetic data"
-"$VICREGL" synth --out "$SYNTH" --num-train 1000 --num-val 300 --image-size 96 --seed 0
-
-step "backbone registry"
-"$VICREGL" backbones
-
-step "VICRegL pretraining (configs/pretrain/demo.yaml)"
-"$VICREGL" pretrain --config configs/pretrain/demo.yaml --data "$SYNTH/classification/train" --out "$RUN"
-
-step "k-NN (k = 20, 200): pretrained and random init"
-"$VICREGL" knn --weights "$PRETRAINED" --data "$SYNTH/classification" --k 20 200 --out "$OUT/knn/pretrained" $EVAL
-"$VICREGL" knn --weights random --backbone resnet18 --data "$SYNTH/classification" --k 20 200 \
-    --out "$OUT/knn/random" $EVAL
-
-step "linear probe on cached features (--cached: all learning rates at once)"
-"$VICREGL" linear --cached --weights "$PRETRAINED" --data "$SYNTH/classification" --lr 1 0.1 0.01 --epochs 30 \
-    --out "$OUT/linear/pretrained" $EVAL
-"$VICREGL" linear --cached --weights random --backbone resnet18 --data "$SYNTH/classification" --lr 1 0.1 0.01 \
-    --epochs 30 --out "$OUT/linear/random" $EVAL
-
-step "frozen linear segmentation on mmsegmentation (synthetic VOC layout)"
-for weights in pretrained random; do
-    if [ "$weights" = pretrained ]; then args=(--weights "$PRETRAINED"); else args=(--weights random --backbone resnet18); fi
-    "$VICREGL" segment "${args[@]}" --dataset voc --data-root "$SYNTH/VOC2012" --protocol linear --frozen \
-        --lr 0.01 --iters 40 --batch-size 8 --workers 0 --out "$OUT/segment/$weights"
-done
-
-step "Faster R-CNN C4 on the embedded torchvision engine (synthetic VOC layout)"
-"$VICREGL" detect --weights "$PRETRAINED" --dataset voc --data-root "$SYNTH/VOC2012" --engine torchvision --iters 20 \
-    --batch-size 2 --rois-per-image 16 --proposals-test 20 --precise-bn-iters 5 --workers 0 --out "$OUT/detect"
-
-step "results"
-"$VICREGL" report "$OUT/knn" --title "k-NN (synthetic, resnet18)"
-"$VICREGL" report "$OUT/linear" --title "linear --cached (synthetic, resnet18)"
-"$VICREGL" report "$OUT/segment" --title "linear segmentation, frozen (synthetic VOC)"
-"$VICREGL" report "$OUT/detect" --title "Faster R-CNN C4, torchvision engine (synthetic VOC)"
+step synth "$VICREGL" synth --out "$SYNTH" --num-train 2000 --num-val 600 --image-size 48 --seed "$SEED"
+step pretrain "$VICREGL" pretrain --config configs/pretrain/demo.yaml --data "$SYNTH/classification/train" \
+    --out "$OUT/pretrain" --seed "$SEED" --device cpu
+step "random init (BatchNorm re-estimated)" "$PYTHON" scripts/demo_random_init.py resnet10_small_w16 "$SEED" \
+    "$SYNTH/classification/train" 48 "$BASELINE"
+both knn --data "$SYNTH/classification" --k 20 200 "${FEATURES[@]}"
+both linear --cached --data "$SYNTH/classification" --lr 1 0.3 0.1 --epochs 30 "${FEATURES[@]}"
+both segment --dataset voc --data-root "$SYNTH/VOC2012" --protocol linear --frozen --lr 0.1 --iters 1000 \
+    --batch-size 16 --crop-size 48 --workers 0 --seed "$SEED" --device cpu
+step "detect (pipeline check: random-init resnet18)" "$VICREGL" detect --weights random --backbone resnet18 \
+    --dataset voc --data-root "$SYNTH/VOC2012" --engine torchvision --iters 10 --batch-size 2 --rois-per-image 16 \
+    --proposals-test 20 --precise-bn-iters 2 --workers 0 --seed "$SEED" --device cpu --out "$OUT/detect"
+printf '\n\033[1m== summary\033[0m\n'
+"$PYTHON" scripts/demo_summary.py "$OUT" "$SEED"

@@ -28,13 +28,14 @@ from vicregl_cli.errors import UserError
 
 ALL_NAMES = [
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet50x2", "resnet50x4", "resnet50x5",
-    "resnet200x2", "resnet18_small", "resnet34_small", "resnet50_small",
+    "resnet200x2", "resnet18_small", "resnet34_small", "resnet50_small", "resnet10_small_w16",
     "convnext_tiny", "convnext_small", "convnext_base", "convnext_large", "convnext_xlarge",
 ]  # fmt: skip
-SMALL_STEM = {"resnet18_small", "resnet34_small", "resnet50_small"}  # 3 x 3 stride-1 stem, no max-pool
+# 3 x 3 stride-1 stem, no max-pool
+SMALL_STEM = {"resnet18_small", "resnet34_small", "resnet50_small", "resnet10_small_w16"}
 # Built for real (random init + a real forward); the others are built and run on the `meta` device, which
 # checks the same module graph and output shapes without allocating their 40-375 M parameters.
-REAL_BUILDS = {"resnet18", "resnet34", "resnet50", "convnext_tiny", "resnet18_small"}
+REAL_BUILDS = {"resnet18", "resnet34", "resnet50", "convnext_tiny", "resnet18_small", "resnet10_small_w16"}
 
 # Independent description of each entry: (block, blocks per stage, widen) / (blocks per stage, first width).
 RESNET_LAYOUT = {
@@ -50,6 +51,7 @@ RESNET_LAYOUT = {
     "resnet18_small": ("basic", (2, 2, 2, 2), 1),
     "resnet34_small": ("basic", (3, 4, 6, 3), 1),
     "resnet50_small": ("bottleneck", (3, 4, 6, 3), 1),
+    "resnet10_small_w16": ("basic", (1, 1, 1, 1), 0.25),  # 16 channels after the stem
 }
 CONVNEXT_LAYOUT = {
     "convnext_tiny": ((3, 3, 9, 3), 96),
@@ -62,7 +64,7 @@ CONVNEXT_LAYOUT = {
 
 def resnet_parameters(block: str, layers: tuple[int, ...], widen: int, stem_kernel: int = 7) -> int:
     """Parameters of a ResNet trunk, every convolution width multiplied by `widen` (BN: weight + bias)."""
-    stem = 64 * widen
+    stem = round(64 * widen)
     total = 3 * stem_kernel**2 * stem + 2 * stem
     in_channels = stem
     for stage, blocks in enumerate(layers):
@@ -93,11 +95,11 @@ def convnext_parameters(depths: tuple[int, ...], first_width: int) -> int:
 def expected_widths(name: str) -> tuple[int, ...]:
     if name in RESNET_LAYOUT:
         block, _, widen = RESNET_LAYOUT[name]
-        return tuple(64 * widen * (4 if block == "bottleneck" else 1) * 2**i for i in range(4))
+        return tuple(round(64 * widen) * (4 if block == "bottleneck" else 1) * 2**i for i in range(4))
     return tuple(CONVNEXT_LAYOUT[name][1] * 2**i for i in range(4))
 
 
-def test_registry_holds_the_17_entries_with_their_widths():
+def test_registry_holds_the_18_entries_with_their_widths():
     assert list(BACKBONES) == ALL_NAMES
     for name in ALL_NAMES:
         spec = get_spec(name)
@@ -472,7 +474,7 @@ def test_resnet_overrides_dilation_and_zero_init_residual():
     assert torch.equal(plain.layer1[0].bn2.weight, torch.ones(64))
 
 
-def test_cli_lists_all_17_backbones():
+def test_cli_lists_all_18_backbones():
     result = CliRunner().invoke(app, ["backbones"])
     assert result.exit_code == 0, result.output
     rows = {line.split()[1]: line for line in result.output.splitlines() if line.startswith("│")}

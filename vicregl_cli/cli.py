@@ -60,6 +60,8 @@ def pretrain(
     crop_max_scales: str = typer.Option(None, help="Max crop scale per group, e.g. 1,0.4"),
     ignore_flips: bool = typer.Option(None, "--ignore-flips/--mirror-flips",
                                       help="Positions ignore flips (reference code) or mirror them (paper)"),
+    blur_probs: str = typer.Option(None, help="Gaussian blur probability of even, odd crops (1,0.1)"),
+    solarize_probs: str = typer.Option(None, help="Solarisation probability of even, odd crops (0,0.2)"),
     optimizer: str = typer.Option(None, help="lars (ResNets) or adamw (ConvNeXts)"),
     base_lr: float = typer.Option(None, help="Peak lr = base_lr x batch_size / 256"),
     weight_decay: float = typer.Option(None),

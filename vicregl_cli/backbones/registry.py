@@ -50,6 +50,8 @@ _RESNETS: dict[str, ResNetLayout] = {
     "resnet18_small": ResNetLayout(BasicBlock, (2, 2, 2, 2), small_stem=True),
     "resnet34_small": ResNetLayout(BasicBlock, (3, 4, 6, 3), small_stem=True),
     "resnet50_small": ResNetLayout(Bottleneck, (3, 4, 6, 3), small_stem=True),
+    # The miniature's backbone (docs/miniature.md): one basic block per stage, 16 channels after the stem.
+    "resnet10_small_w16": ResNetLayout(BasicBlock, (1, 1, 1, 1), base_width=16, small_stem=True),
 }
 _CONVNEXTS: dict[str, tuple[tuple[int, int, int, int], int]] = {
     "convnext_tiny": ((3, 3, 9, 3), 96),

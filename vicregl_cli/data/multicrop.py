@@ -24,9 +24,10 @@ from vicregl_cli.errors import UserError
 ASPECT_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 FLIP_P = 0.5
 _CROP_TRIES = 10  # as torchvision's RandomResizedCrop, then the centre crop fallback
-# Alternating within a size group: crops 0, 2, 4... always blurred, never solarised; 1, 3, 5... the other.
-_EVEN_BLUR_P, _EVEN_SOLARIZE_P = 1.0, 0.0
-_ODD_BLUR_P, _ODD_SOLARIZE_P = 0.1, 0.2
+# Alternating within a size group (the reference's two transforms): crops 0, 2, 4... blurred with p 1.0, never
+# solarised; crops 1, 3, 5... blurred with p 0.1, solarised with p 0.2. (even, odd) pairs below.
+BLUR_P = (1.0, 0.1)
+SOLARIZE_P = (0.0, 0.2)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class MultiCropConfig:
     small_scale: tuple[float, float] = (0.08, 0.4)
     stride: int = 32
     ignore_flip: bool = False
+    blur_p: tuple[float, float] = BLUR_P  # (even crops, odd crops); small-image recipes turn blur off
+    solarize_p: tuple[float, float] = SOLARIZE_P
 
     def __post_init__(self) -> None:
         if self.stride < 1:
@@ -219,8 +222,8 @@ class MultiCropTransform:
         positions: list[Tensor] = []
         for group in self.crop_groups(image):
             count = group.pixels.shape[0]
-            blur_p = [_EVEN_BLUR_P if index % 2 == 0 else _ODD_BLUR_P for index in range(count)]
-            solarize_p = [_EVEN_SOLARIZE_P if index % 2 == 0 else _ODD_SOLARIZE_P for index in range(count)]
+            blur_p = [self.config.blur_p[index % 2] for index in range(count)]
+            solarize_p = [self.config.solarize_p[index % 2] for index in range(count)]
             normalised = augment_colours_(group.pixels.float(), blur_p, solarize_p)
             views.extend(normalised.unbind(0))
             positions.extend(group.positions.unbind(0))

@@ -16,11 +16,30 @@ CLASS_NAMES: tuple[str, ...] = (
     "cross_solid", "cross_stripes", "disc_dots", "disc_stripes", "ring_dots", "ring_solid",
     "square_checks", "square_solid", "star_checks", "star_dots", "triangle_checks", "triangle_stripes",
 )  # fmt: skip
-MAIN_SIZE = (0.34, 0.46)  # sqrt(area) of the labelled object, as a fraction of the image side
-OTHER_SIZE = (0.16, 0.30)  # sqrt(area) of the other objects
 LARGEST_MARGIN = 1.25  # the labelled object shows at least this many times the pixels of any other object
 MIN_VISIBLE_FRACTION = 0.25  # a placement hiding more than 75 % of an object is redrawn
 PLACEMENT_TRIES = 8
+
+
+@dataclass(frozen=True)
+class Composition:
+    """How a scene is composed: sizes are sqrt(area) as a fraction of the image side."""
+
+    main_size: tuple[float, float]  # the labelled object
+    main_centre: tuple[float, float]  # its centre, as a fraction of the side (both axes)
+    other_size: tuple[float, float]  # every other object
+    others: tuple[int, int]  # how many others: low inclusive, high exclusive
+
+
+# The multi-object scenes of the VOC layout (segmentation, detection): several objects, the labelled one
+# merely the largest.
+SCENE = Composition(main_size=(0.34, 0.46), main_centre=(0.3, 0.7), other_size=(0.16, 0.30), others=(1, 5))
+# The classification layout, object-centric as ImageNet is: one dominant object whose texture is visible at
+# the image size, at most two small distractors (docs/miniature.md: the multi-object scenes were not learnable
+# at demo scale, even supervised).
+OBJECT_CENTRIC = Composition(
+    main_size=(0.5, 0.65), main_centre=(0.4, 0.6), other_size=(0.12, 0.2), others=(0, 3)
+)
 
 
 @dataclass(frozen=True)
@@ -138,11 +157,13 @@ def boundary_band(instances: np.ndarray, width: int) -> np.ndarray:
     return _sliding_extreme(instances, width, np.maximum) != _sliding_extreme(instances, width, np.minimum)
 
 
-def _sample_placement(rng: np.random.Generator, size: int, class_index: int, main: bool) -> _Placement:
+def _sample_placement(
+    rng: np.random.Generator, size: int, class_index: int, composition: Composition, main: bool
+) -> _Placement:
     shape, _ = shape_and_texture(class_index)
-    low, high = MAIN_SIZE if main else OTHER_SIZE
+    low, high = composition.main_size if main else composition.other_size
     side = rng.uniform(low, high) * size
-    centre_low, centre_high = (0.3, 0.7) if main else (0.05, 0.95)
+    centre_low, centre_high = composition.main_centre if main else (0.05, 0.95)
     centre_x, centre_y = rng.uniform(centre_low, centre_high, 2) * size
     return _Placement(
         class_index=class_index,
@@ -182,14 +203,15 @@ def _acceptable(layout: _Layout, size: int) -> bool:
     return others.size == 0 or visible[layout.main] >= LARGEST_MARGIN * others.max()
 
 
-def _sample_layout(rng: np.random.Generator, size: int, label: int) -> _Layout:
-    """Place the labelled object, then up to 4 others at random depths; bad placements are redrawn."""
-    main = _sample_placement(rng, size, label, main=True)
+def _sample_layout(rng: np.random.Generator, size: int, label: int, composition: Composition) -> _Layout:
+    """Place the labelled object, then the others at random depths; bad placements are redrawn."""
+    main = _sample_placement(rng, size, label, composition, main=True)
     mask, area, truncated = _object_mask(main, size)
     layout = _Layout([main], [mask], [area], [truncated], main=0)
-    for _ in range(int(rng.integers(1, 5))):
+    for _ in range(int(rng.integers(*composition.others))):
         for _ in range(PLACEMENT_TRIES):
-            placement = _sample_placement(rng, size, int(rng.integers(len(CLASS_NAMES))), main=False)
+            other = int(rng.integers(len(CLASS_NAMES)))
+            placement = _sample_placement(rng, size, other, composition, main=False)
             mask, area, truncated = _object_mask(placement, size)
             depth = int(rng.integers(len(layout.placements) + 1))
             trial = _Layout(
@@ -280,9 +302,11 @@ def _tight_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])
 
 
-def render_scene(rng: np.random.Generator, size: int, label: int) -> Scene:
+def render_scene(
+    rng: np.random.Generator, size: int, label: int, composition: Composition = SCENE
+) -> Scene:
     """Draw one scene whose largest visible object has class `label`; objects are painted back to front."""
-    layout = _sample_layout(rng, size, label)
+    layout = _sample_layout(rng, size, label, composition)
     image = _background(rng, size)
     for placement, mask in zip(layout.placements, layout.masks, strict=True):
         rows, cols = np.nonzero(mask)

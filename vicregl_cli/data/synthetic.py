@@ -13,11 +13,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vicregl_cli.data.scenes import CLASS_NAMES, Scene, border_width, boundary_band, render_scene
+from vicregl_cli.data.scenes import (
+    CLASS_NAMES,
+    OBJECT_CENTRIC,
+    SCENE,
+    Scene,
+    border_width,
+    boundary_band,
+    render_scene,
+)
 from vicregl_cli.errors import UserError
 from vicregl_cli.progress import track
 
 SPLITS: tuple[str, ...] = ("train", "val")
+LAYOUTS: tuple[str, ...] = ("voc", "classification")
 MIN_IMAGE_SIZE = 32
 
 
@@ -75,9 +84,9 @@ def voc_xml(image_id: str, scene: Scene) -> str:
     )
 
 
-def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
-    """The generator of one image: a function of (seed, split, index) only, not of the worker drawing it."""
-    return np.random.default_rng([seed, SPLITS.index(split), index])
+def image_rng(seed: int, split: str, index: int, layout: str = "voc") -> np.random.Generator:
+    """The generator of one image: a function of (seed, split, index, layout) only, not of the worker."""
+    return np.random.default_rng([seed, SPLITS.index(split), index, LAYOUTS.index(layout)])
 
 
 def image_id(split: str, index: int) -> str:
@@ -93,9 +102,12 @@ def _write_image(job: tuple[str, str, int, int, int]) -> None:
     out, split, index, seed, size = job
     root = Path(out)
     name = image_id(split, index)
-    scene = render_scene(image_rng(seed, split, index), size, image_label(index))
+    label = image_label(index)
+    centred = render_scene(image_rng(seed, split, index, "classification"), size, label, OBJECT_CENTRIC)
+    classified = root / "classification" / split / CLASS_NAMES[label] / f"{name}.png"
+    Image.fromarray(centred.image, mode="RGB").save(classified, format="PNG")
+    scene = render_scene(image_rng(seed, split, index, "voc"), size, label, SCENE)
     image = Image.fromarray(scene.image, mode="RGB")
-    image.save(root / "classification" / split / CLASS_NAMES[scene.label] / f"{name}.png", format="PNG")
     voc = root / "VOC2012"
     image.save(voc / "JPEGImages" / f"{name}.jpg", format="JPEG", quality=95, subsampling=0)
     mask = Image.fromarray(segmentation_mask(scene), mode="L")

@@ -37,6 +37,8 @@ class PretrainConfig:
     crop_min_scales: list[float] = field(default_factory=lambda: [0.08])
     crop_max_scales: list[float] = field(default_factory=lambda: [1.0])
     ignore_flips: bool = False  # True: positions ignore horizontal flips, as the reference code does
+    blur_probs: list[float] = field(default_factory=lambda: [1.0, 0.1])  # Gaussian blur p, (even, odd) crops
+    solarize_probs: list[float] = field(default_factory=lambda: [0.0, 0.2])  # solarisation p, (even, odd)
     optimizer: str = "lars"  # lars | adamw
     base_lr: float = 0.2  # peak lr = base_lr * batch_size / 256
     weight_decay: float = 1e-6
@@ -145,6 +147,10 @@ def validate(config: PretrainConfig) -> None:
     for low, high in zip(config.crop_min_scales, config.crop_max_scales, strict=True):
         if not 0.0 < low <= high <= 1.0:
             raise UserError(f"crop scales ({low}, {high}) must satisfy 0 < min <= max <= 1")
+    for name in ("blur_probs", "solarize_probs"):
+        probabilities = getattr(config, name)
+        if len(probabilities) != 2 or not all(0.0 <= p <= 1.0 for p in probabilities):
+            raise UserError(f"{name} {probabilities}: give two probabilities in [0, 1] (even, odd crops)")
     if len(config.num_matches) != 2 or min(config.num_matches) < 1:
         raise UserError(f"num_matches {config.num_matches}: give two positive counts, e.g. 20,4")
     if config.epochs < 1 or not 0 <= config.warmup_epochs <= config.epochs:

@@ -62,6 +62,8 @@ def multicrop_config(config: PretrainConfig, stride: int) -> MultiCropConfig:
         large_scale=(config.crop_min_scales[0], config.crop_max_scales[0]),
         stride=stride,
         ignore_flip=config.ignore_flips,
+        blur_p=tuple(config.blur_probs),
+        solarize_p=tuple(config.solarize_probs),
         **small,
     )
 

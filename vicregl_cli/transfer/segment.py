@@ -4,10 +4,13 @@ weights of each point for mmsegmentation's own tools (--export-only)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shlex
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from torch import Tensor, nn
@@ -26,6 +29,7 @@ from vicregl_cli.transfer.segment_plan import SegmentPlan, SegmentSettings, chec
 METRIC = "mIoU"
 SUMMARY_METRICS = ("mIoU", "aAcc", "mAcc")
 PER_CLASS_FILE = "per_class_iou.json"  # beside result.json: {class name: IoU in percent}
+LOG_FILE = "mmseg.log"  # what mmengine and mmseg print while a point runs
 
 
 def protocol_name(settings: SegmentSettings) -> str:
@@ -156,11 +160,24 @@ def train_and_evaluate(config_path: Path, work_dir: Path) -> tuple[dict[str, flo
     return hook.metrics, model
 
 
+@contextlib.contextmanager
+def output_to(log_path: Path) -> Iterator[None]:
+    """Send what mmengine / mmseg print (their logger's console lines, `print` calls, Python warnings) to
+    `log_path`, not the terminal; vicregl's own progress display writes to stderr and stays visible."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log, contextlib.redirect_stdout(log), warnings.catch_warnings():
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: log.write(
+            warnings.formatwarning(message, category, filename, lineno, line)
+        )
+        yield
+
+
 def run_point(point: SweepPoint) -> dict[str, float]:
     """Export, train and evaluate one learning rate in point.folder: mIoU, aAcc, mAcc (percent); the
-    per-class IoU goes to point.folder/per_class_iou.json."""
-    config_path = export_point(point, export_state(point.weights))
-    metrics, _ = train_and_evaluate(config_path, point.folder)
+    per-class IoU goes to point.folder/per_class_iou.json, mmengine's output to point.folder/mmseg.log."""
+    with output_to(point.folder / LOG_FILE):
+        config_path = export_point(point, export_state(point.weights))
+        metrics, _ = train_and_evaluate(config_path, point.folder)
     per_class = {
         name.removeprefix("IoU."): round(float(value), 2)
         for name, value in metrics.items()

@@ -1,0 +1,134 @@
+"""The miniature reproduction (DESIGN §7, docs/miniature.md): random init vs VICReg (alpha 1) vs VICRegL
+(alpha 0.9 and 0.75) pretrained on the synthetic data with the demo's budget, the same data and seeds, then
+k-NN, linear probe and frozen linear segmentation. Evidence, not pass/fail: it prints the table and writes it
+between the markers of docs/miniature.md.
+
+    .venv/bin/python benchmarks/miniature.py --out /tmp/miniature --seeds 0 1     # ~40 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import statistics
+import time
+from pathlib import Path
+
+import yaml
+
+from vicregl_cli.backbones import resolve_weights, save_backbone
+from vicregl_cli.data.readers import image_folder
+from vicregl_cli.data.synthetic import generate
+from vicregl_cli.evaluate import knn, linear
+from vicregl_cli.evaluate.features import eval_transform, recalibrate_batchnorm
+from vicregl_cli.pretrain.config import load_config
+from vicregl_cli.pretrain.loop import train
+from vicregl_cli.sweep import run_protocol
+from vicregl_cli.transfer import segment
+from vicregl_cli.transfer.segment_plan import SegmentSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESET = ROOT / "configs" / "pretrain" / "demo.yaml"
+DOC = ROOT / "docs" / "miniature.md"
+BEGIN, END = "<!-- miniature:begin -->", "<!-- miniature:end -->"
+METHODS = {
+    "random init": None, "VICReg (alpha 1)": 1.0, "VICRegL (alpha 0.9)": 0.9, "VICRegL (alpha 0.75)": 0.75
+}  # fmt: skip
+IMAGE_SIZE = 48
+
+
+def baseline(folder: Path, seed: int, train_images: Path) -> Path:
+    """The random-init backbone of the preset, BatchNorm re-estimated on the training images."""
+    backbone = yaml.safe_load(PRESET.read_text())["backbone"]
+    model = resolve_weights("random", backbone, seed).build()
+    recalibrate_batchnorm(model, image_folder(train_images, eval_transform(IMAGE_SIZE, IMAGE_SIZE)),
+                          num_batches=100, batch_size=200, seed=seed)  # fmt: skip
+    save_backbone(folder / "backbone.pth", backbone, model.state_dict())
+    return folder / "backbone.pth"
+
+
+def evaluate(weights_file: Path, data: Path, out: Path, seed: int) -> dict[str, float]:
+    """The demo's three evaluations of one backbone file: k-NN top-1@20, linear top-1, segmentation mIoU."""
+    weights = resolve_weights(weights_file)
+    features = dict(image_size=IMAGE_SIZE, resize=IMAGE_SIZE, batch_size=200, num_workers=0, device="cpu")
+    knn_config = knn.KnnConfig(data=data / "classification", ks=(20,), **features)
+    linear_config = linear.LinearConfig(data=data / "classification", lrs=(1.0, 0.3, 0.1), epochs=30,
+                                        cached=True, seed=seed, **features)  # fmt: skip
+    segment_settings = SegmentSettings(
+        dataset="voc", data_root=data / "VOC2012", lrs=(0.1,), iters=1000, batch_size=16, crop_size=48,
+        workers=0, seed=seed, device="cpu",
+    )  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):
+        knn_records = run_protocol(knn, knn_config, weights, out / "knn")
+        linear_records = run_protocol(linear, linear_config, weights, out / "linear")
+        segment_records = run_protocol(segment, segment_settings, weights, out / "segment")
+    return {
+        "knn top1@20": knn_records[0]["metrics"]["top1@20"],
+        "linear top1": max(record["metrics"]["top1"] for record in linear_records),
+        "segment mIoU": max(record["metrics"]["mIoU"] for record in segment_records),
+    }
+
+
+def run_seed(out: Path, seed: int) -> dict[str, dict[str, float]]:
+    """Every method on the data of one seed (the data, the pretraining and the random init share it)."""
+    data = out / f"seed{seed}" / "synth"
+    if not (data / "classification").is_dir():
+        generate(data, num_train=2000, num_val=600, image_size=IMAGE_SIZE, seed=seed, workers=2)
+    results = {}
+    for method, alpha in METHODS.items():
+        folder = out / f"seed{seed}" / method.split(" (")[0].replace(" ", "_") / str(alpha)
+        started = time.perf_counter()
+        if alpha is None:
+            weights_file = baseline(folder, seed, data / "classification" / "train")
+        else:
+            overrides = dict(data=str(data / "classification" / "train"), out=str(folder / "pretrain"),
+                             alpha=alpha, seed=seed)  # fmt: skip
+            train(load_config(PRESET, overrides), device="cpu", command_line=["benchmarks/miniature.py"])
+            weights_file = folder / "pretrain" / "backbone.pth"
+        results[method] = evaluate(weights_file, data, folder / "eval", seed)
+        minutes = round((time.perf_counter() - started) / 60, 1)
+        print(json.dumps({"seed": seed, "method": method, **results[method], "minutes": minutes}), flush=True)
+    return results
+
+
+def table(per_seed: dict[int, dict[str, dict[str, float]]]) -> str:
+    """Markdown: mean ± half-range over the seeds, per method and metric."""
+    metrics = list(next(iter(next(iter(per_seed.values())).values())))
+    lines = ["| method | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for method in METHODS:
+        cells = []
+        for metric in metrics:
+            values = [per_seed[seed][method][metric] for seed in per_seed]
+            spread = (max(values) - min(values)) / 2
+            cells.append(f"{statistics.mean(values):.1f} ± {spread:.1f}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    seeds = ", ".join(str(seed) for seed in per_seed)
+    note = f"Seeds {seeds} (mean ± half the range); chance: 8.3 % top-1 (12 classes)."
+    return "\n".join(lines) + f"\n\n{note}\n"
+
+
+def write_doc(markdown: str) -> None:
+    """Replace the text between the markers of docs/miniature.md with the new table."""
+    text = DOC.read_text()
+    start, stop = text.index(BEGIN) + len(BEGIN), text.index(END)
+    DOC.write_text(text[:start] + "\n" + markdown + text[stop:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("miniature_out"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--no-doc", action="store_true", help="print the table only")
+    args = parser.parse_args()
+    per_seed = {seed: run_seed(args.out, seed) for seed in args.seeds}
+    markdown = table(per_seed)
+    print(markdown)
+    (args.out / "miniature.json").write_text(json.dumps(per_seed, indent=2))
+    if not args.no_doc:
+        write_doc(markdown)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,6 @@
 """vicregl detect: the plan of both engines, detectron2 export (.pkl + configs) and run point, the launcher's
-registrations, the VOC / COCO metrics on hand-made predictions, and a two-iteration run of the torchvision C4
-engine on synthetic images."""
+registrations and the torchvision C4 engine's schedule, sizes and losses (its metrics and a two-iteration run:
+test_voc_metric.py)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from yacs.config import CfgNode
 from vicregl_cli.backbones import weights as weights_module
 from vicregl_cli.backbones.weights import resolve_weights
 from vicregl_cli.errors import UserError
-from vicregl_cli.sweep import run_protocol
 from vicregl_cli.transfer import detect, detectron2_run
 from vicregl_cli.transfer import detectron2_config as d2_config
 from vicregl_cli.transfer import detectron2_train as launcher
@@ -32,13 +31,6 @@ from vicregl_cli.transfer.tv_detection import data as tv_data
 from vicregl_cli.transfer.tv_detection import engine as tv_engine
 from vicregl_cli.transfer.tv_detection import geometry as tv_geometry
 from vicregl_cli.transfer.tv_detection.model import DetectronRPN
-from vicregl_cli.transfer.voc_eval import (
-    ImageDetections,
-    ImageTruth,
-    coco_metrics,
-    voc_detection_metrics,
-    voc_metrics,
-)
 
 REPO = Path(__file__).resolve().parents[1]
 R50_BLOCKS = {2: 3, 3: 4, 4: 6, 5: 3}
@@ -137,9 +129,8 @@ def test_exported_config_parses_with_yacs_and_names_registered_head_and_datasets
     assert cfg.MODEL.WEIGHTS == str(result.weights.resolve())
     classes = (synthetic_voc / "classes.txt").read_text().split()
     assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == len(classes) and list(cfg.VICREGL.CLASS_NAMES) == classes
-    assert list(cfg.DATASETS.TRAIN) == ["vicregl_voc_train"] and list(cfg.DATASETS.TEST) == [
-        "vicregl_voc_val"
-    ]
+    assert list(cfg.DATASETS.TRAIN) == ["vicregl_voc_train"]
+    assert list(cfg.DATASETS.TEST) == ["vicregl_voc_val"]
     assert cfg.INPUT.FORMAT == "RGB" and cfg.MODEL.RESNETS.STRIDE_IN_1X1 is False
     assert list(cfg.MODEL.PIXEL_MEAN) == pytest.approx([0.485 * 255, 0.456 * 255, 0.406 * 255])
     assert list(cfg.SOLVER.STEPS) == [18000, 22000] and cfg.SOLVER.MAX_ITER == 24000
@@ -174,7 +165,6 @@ def test_iters_rescale_the_schedule():
 
 def _install_fake_detectron2(monkeypatch) -> dict:
     """Just enough of detectron2's registries to run the launcher's registration code."""
-    registry: dict = {}
     catalog: dict = {}
     metadata: dict = {}
 
@@ -192,21 +182,9 @@ def _install_fake_detectron2(monkeypatch) -> dict:
             last.out_channels = 8
             self.res5 = nn.Sequential(nn.Conv2d(3, 4, 1), last)
 
-    class Catalog:
-        @staticmethod
-        def register(name, loader):
-            catalog[name] = loader
-
-        @staticmethod
-        def list():
-            return list(catalog)
-
-    class Metadata:
-        @staticmethod
-        def get(name):
-            return metadata.setdefault(
-                name, types.SimpleNamespace(set=lambda **kw: metadata[name].__dict__.update(kw))
-            )
+    catalog_api = types.SimpleNamespace(register=catalog.__setitem__, list=lambda: list(catalog))
+    metadata_api = types.SimpleNamespace(get=lambda name: metadata.setdefault(
+        name, types.SimpleNamespace(set=lambda **kw: metadata[name].__dict__.update(kw))))  # fmt: skip
 
     modules = {
         "detectron2": types.ModuleType("detectron2"),
@@ -215,13 +193,12 @@ def _install_fake_detectron2(monkeypatch) -> dict:
         "detectron2.modeling.roi_heads": types.SimpleNamespace(
             ROI_HEADS_REGISTRY=roi_registry, Res5ROIHeads=Res5ROIHeads
         ),
-        "detectron2.data": types.SimpleNamespace(DatasetCatalog=Catalog, MetadataCatalog=Metadata),
+        "detectron2.data": types.SimpleNamespace(DatasetCatalog=catalog_api, MetadataCatalog=metadata_api),
         "detectron2.structures": types.SimpleNamespace(BoxMode=types.SimpleNamespace(XYXY_ABS="XYXY_ABS")),
     }
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
-    registry.update(roi=roi_registry, catalog=catalog, metadata=metadata)
-    return registry
+    return {"roi": roi_registry, "catalog": catalog, "metadata": metadata}
 
 
 def test_launcher_registers_extra_norm_head_and_voc_datasets(monkeypatch, exported, synthetic_voc):
@@ -233,9 +210,8 @@ def test_launcher_registers_extra_norm_head_and_voc_datasets(monkeypatch, export
     head = head_class(cfg, None)
     assert list(head.res5._modules) == ["0", "1", "norm"] and head.res5.norm.num_features == 8
 
-    moved = launcher.read_dataset_section(
-        str(result.config), ["VICREGL.DATA_ROOT", "/data/VOC", "SOLVER.BASE_LR", "1"]
-    )
+    overrides = ["VICREGL.DATA_ROOT", "/data/VOC", "SOLVER.BASE_LR", "1"]
+    moved = launcher.read_dataset_section(str(result.config), overrides)
     assert moved["DATA_ROOT"] == "/data/VOC" and moved["DATASET"] == "voc"
     launcher.register_datasets(launcher.read_dataset_section(str(result.config)))
     assert sorted(fake["catalog"]) == ["vicregl_voc_train", "vicregl_voc_val"]
@@ -346,93 +322,26 @@ def test_coco_subset_is_deterministic_fraction():
     assert len({record["image_id"] for record in subset}) == 20
 
 
-def _box(x: float, y: float, size: float = 10.0) -> list[float]:
-    return [x, y, x + size, y + size]
-
-
-def _truth(boxes, labels, difficult=None) -> ImageTruth:
-    difficult = [False] * len(labels) if difficult is None else difficult
-    return ImageTruth(np.array(boxes, dtype=np.float32).reshape(-1, 4), np.array(labels), np.array(difficult))
-
-
-def _dets(boxes, scores, labels) -> ImageDetections:
-    return ImageDetections(
-        np.array(boxes, dtype=np.float32).reshape(-1, 4), np.array(scores), np.array(labels)
-    )
-
-
-def test_perfect_predictions_score_100():
-    truths = [_truth([_box(0, 0), _box(30, 30)], [0, 1]), _truth([_box(5, 40)], [1])]
-    dets = [_dets([_box(0, 0), _box(30, 30)], [0.9, 0.8], [0, 1]), _dets([_box(5, 40)], [0.7], [1])]
-    assert voc_metrics(dets, truths, 2) == pytest.approx({"AP": 100.0, "AP50": 100.0, "AP75": 100.0})
-    assert coco_metrics(dets, truths) == pytest.approx({"AP": 100.0, "AP50": 100.0, "AP75": 100.0})
-
-
-def test_false_positive_between_true_positives_known_values():
-    # class 0: two objects; ranked TP (0.9), FP (0.8), TP (0.7): recall .5 .5 1, precision 1 .5 2/3.
-    truths = [_truth([_box(0, 0)], [0]), _truth([_box(20, 20)], [0])]
-    dets = [_dets([_box(0, 0), _box(40, 40)], [0.9, 0.8], [0, 0]), _dets([_box(20, 20)], [0.7], [0])]
-    eleven_point = (6 * 1.0 + 5 * 2 / 3) / 11  # recall thresholds 0..0.5 reach precision 1, 0.6..1 reach 2/3
-    all_point = 0.5 * 1.0 + 0.5 * 2 / 3
-    coco_101 = (51 * 1.0 + 50 * 2 / 3) / 101
-    assert voc_metrics(dets, truths, 1)["AP50"] == pytest.approx(100 * eleven_point)
-    assert voc_metrics(dets, truths, 1, use_07_metric=False)["AP50"] == pytest.approx(100 * all_point)
-    assert coco_metrics(dets, truths)["AP"] == pytest.approx(100 * coco_101, abs=1e-4)
-
-
-def test_difficult_objects_are_neither_true_nor_false_positives():
-    truths = [_truth([_box(0, 0), _box(30, 30)], [0, 0], [False, True])]
-    found_difficult = [_dets([_box(30, 30), _box(0, 0)], [0.95, 0.9], [0, 0])]
-    missed_difficult = [_dets([_box(0, 0)], [0.9], [0])]
-    for dets in (found_difficult, missed_difficult):
-        assert voc_metrics(dets, truths, 1)["AP50"] == pytest.approx(100.0)
-        assert coco_metrics(dets, truths)["AP50"] == pytest.approx(100.0)
-    duplicate = [_dets([_box(0, 0), _box(0, 0)], [0.9, 0.8], [0, 0])]  # second hit on a matched object: FP
-    assert voc_metrics(duplicate, truths, 1)["AP50"] == pytest.approx(100.0)  # FP after full recall
-    early_duplicate = [_dets([_box(0, 0), _box(0, 0), _box(30, 30)], [0.9, 0.8, 0.7], [0, 0, 0])]
-    assert voc_metrics(early_duplicate, truths, 1)["AP50"] == pytest.approx(100.0)
-
-
-def test_voc_headline_keys_are_voc07_and_coco_style_numbers_sit_beside():
-    # class 0: TP (0.9, exact), FP (0.8, no object), TP (0.7, IoU 0.68 with its object). At IoU 0.50-0.65 that
-    # is TP FP TP (recall .5 .5 1, precision 1 .5 2/3); at 0.70-0.95 TP FP FP (recall stays 0.5).
-    truths = [_truth([_box(0, 0)], [0]), _truth([_box(20, 20)], [0])]
-    dets = [_dets([_box(0, 0), _box(40, 40)], [0.9, 0.8], [0, 0]), _dets([[20, 20, 30, 26.8]], [0.7], [0])]
-    voc07_low, voc07_high = (6 * 1.0 + 5 * 2 / 3) / 11, 6 / 11  # 11-point: recall >= 0 .. 0.5 reach 1
-    coco_low, coco_high = (51 * 1.0 + 50 * 2 / 3) / 101, 51 / 101
-    expected = {
-        "AP": 100 * (4 * voc07_low + 6 * voc07_high) / 10, "AP50": 100 * voc07_low, "AP75": 100 * voc07_high,
-        "coco_AP": 100 * (4 * coco_low + 6 * coco_high) / 10, "coco_AP50": 100 * coco_low,
-        "coco_AP75": 100 * coco_high,
-    }  # fmt: skip
-    assert voc_detection_metrics(dets, truths, 1) == pytest.approx(expected, abs=1e-4)
-
-
 def test_warmup_and_steps_follow_detectron2():
     settings = tv.DetectionSettings(iters=24000, batch_size=16)
-    assert (
-        settings.lr == pytest.approx(0.02) and settings.steps() == (18000, 22000) and settings.warmup() == 100
-    )
+    assert settings.lr == pytest.approx(0.02) and settings.steps() == (18000, 22000)
+    assert settings.warmup() == 100
     assert tv_engine.lr_factor(0, settings) == pytest.approx(0.001)
     assert tv_engine.lr_factor(50, settings) == pytest.approx(0.001 * 0.5 + 0.5)
     assert tv_engine.lr_factor(100, settings) == 1.0 and tv_engine.lr_factor(17999, settings) == 1.0
-    assert tv_engine.lr_factor(18000, settings) == pytest.approx(0.1) and tv_engine.lr_factor(
-        23999, settings
-    ) == pytest.approx(0.01)
+    assert tv_engine.lr_factor(18000, settings) == pytest.approx(0.1)
+    assert tv_engine.lr_factor(23999, settings) == pytest.approx(0.01)
     short = tv.DetectionSettings(iters=100, batch_size=4)
     assert short.lr == pytest.approx(0.005) and short.steps() == (75, 92) and short.warmup() == 10
 
 
 def test_sizes_and_budgets_scale_only_for_small_images():
-    photo = tv_data.Sample(Path("x.jpg"), 500, 375, np.zeros((1, 4)), np.zeros(1), np.zeros(1, bool))
+    photo = tv_data.Sample("x", Path("x.jpg"), 500, 375, np.zeros((1, 4)), np.zeros(1), np.zeros(1, bool))
     geometry = tv_geometry.resolve_geometry(tv.DetectionSettings(), [photo])
     assert geometry.min_sizes == tuple(range(480, 801, 32)) and geometry.test_size == 800
-    assert (geometry.rois_per_image, geometry.rpn_batch_per_image, geometry.proposals_test) == (
-        512,
-        256,
-        1000,
-    )
-    tiny = tv_data.Sample(Path("x.jpg"), 75, 75, np.zeros((1, 4)), np.zeros(1), np.zeros(1, bool))
+    budgets = (geometry.rois_per_image, geometry.rpn_batch_per_image, geometry.proposals_test)
+    assert budgets == (512, 256, 1000)
+    tiny = tv_data.Sample("x", Path("x.jpg"), 75, 75, np.zeros((1, 4)), np.zeros(1), np.zeros(1, bool))
     geometry = tv_geometry.resolve_geometry(tv.DetectionSettings(rois_per_image=7), [tiny])
     assert geometry.scale == pytest.approx(0.2) and geometry.test_size == 160 and geometry.min_sizes[0] == 96
     assert geometry.rois_per_image == 7 and geometry.rpn_batch_per_image == round(256 * 0.04)
@@ -456,24 +365,6 @@ def test_bad_inputs_fail_clearly(tmp_path, synthetic_voc):
                     resolve_weights("random", "convnext_tiny"))  # fmt: skip
     with pytest.raises(UserError, match="detectron2 only"):
         tv.load_data("coco", tmp_path)
-
-
-def test_torchvision_engine_two_iterations_end_to_end(tmp_path, synthetic_voc):
-    settings = tv.DetectionSettings(
-        workers=0, precise_bn_iters=1, rois_per_image=8, rpn_batch_per_image=16,
-        proposals_train=20, proposals_test=10, log_every=1,
-    )  # fmt: skip
-    config = DetectConfig(dataset="voc", data_root=synthetic_voc, engine="torchvision", lrs=(0.01,), iters=2,
-                          batch_size=2, settings=settings)  # fmt: skip
-    torch.set_num_threads(1)
-    records = run_protocol(detect, config, resolve_weights("random", "resnet18"), tmp_path / "sweep")
-    record = json.loads((tmp_path / "sweep" / "lr=0.01" / "result.json").read_text())
-    assert records[0]["metrics"] == record["metrics"]
-    assert set(record["metrics"]) == {"AP", "AP50", "AP75", "coco_AP", "coco_AP50", "coco_AP75"}
-    assert all(0.0 <= value <= 100.0 for value in record["metrics"].values())
-    assert record["params"]["lr"] == 0.01 and record["params"]["iters"] == 2
-    assert record["params"]["engine"] == "torchvision" and record["protocol"] == "detect-voc-faster-rcnn-c4"
-    assert record["backbone"] == "resnet18" and record["weights"]["path"] == "random"
 
 
 def test_rpn_loss_is_detectron2s_sum_over_anchor_budget():

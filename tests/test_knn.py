@@ -1,10 +1,18 @@
 """Weighted k-NN against a brute-force numpy reference; chunk sizes bound the similarity tiles."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torchvision import transforms
 
+from vicregl_cli.backbones import resolve_weights
+from vicregl_cli.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from vicregl_cli.data.readers import image_folder
 from vicregl_cli.evaluate import knn
+from vicregl_cli.evaluate.features import eval_transform, frozen_extractor, train_transform
 from vicregl_cli.evaluate.knn import knn_evaluate
 
 
@@ -195,6 +203,24 @@ def test_a_cache_hit_extracts_nothing(synthetic_root, tmp_path, monkeypatch):
     assert torch.equal(first, second) and torch.equal(labels, torch.tensor(train.targets))
     extractor(seed=1).features(train, "train")  # another random init is another cache entry
     assert calls == ["train", "train"]
+
+
+def test_views_resize_bicubic_and_the_cache_key_records_it(synthetic_root, tmp_path):
+    bicubic = transforms.InterpolationMode.BICUBIC
+    assert eval_transform().transforms[0].interpolation == bicubic  # Resize(256)
+    assert train_transform().transforms[0].interpolation == transforms.InterpolationMode.BILINEAR  # crop
+    train = image_folder(synthetic_root / "train", eval_transform(36, 32))
+    bilinear = transforms.Compose([transforms.Resize(36), transforms.CenterCrop(32), transforms.ToTensor(),
+                                   transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])  # fmt: skip
+    with Image.open(train.samples[0][0]) as image:
+        assert not torch.allclose(train.transform(image.convert("RGB")), bilinear(image.convert("RGB")))
+    extractor = frozen_extractor(resolve_weights("random", "resnet18"), device=torch.device("cpu"),
+                                 batch_size=16, resize=36, crop=32, cache_dir=tmp_path, bn_dataset=train,
+                                 bn_batches=1)  # fmt: skip
+    transform = extractor.identity["transform"]
+    assert transform["interpolation"] == "bicubic"
+    old = {**extractor.identity, "transform": {**transform, "interpolation": "bilinear"}}  # an older cache
+    assert extractor.cache_path(train) != dataclasses.replace(extractor, identity=old).cache_path(train)
 
 
 def test_knn_end_to_end_on_synthetic_images(synthetic_root, tmp_path):

@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
+from typer.testing import CliRunner
 
+from vicregl_cli import cli
 from vicregl_cli.backbones import resolve_weights
 from vicregl_cli.evaluate import linear
 from vicregl_cli.evaluate.classification import topk_correct
@@ -123,3 +125,15 @@ def test_linear_protocol_trains_through_the_frozen_backbone_with_augmentation(sy
     assert record["weights"]["sha256"] is not None and record["params"]["bn_recalibration"] is None
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 1  # only the val features are cached
     assert (tmp_path / "linear" / "lr=0.1" / "result.json").is_file()
+
+
+def test_default_lr_grid_includes_the_official_resnet_lr(synthetic_root, tmp_path, monkeypatch):
+    assert linear.DEFAULT_LRS == (30.0, 10.0, 1.0, 0.3, 0.1, 0.03, 0.02, 0.01)  # 0.02: README, VICReg B.2
+    captured = []
+    monkeypatch.setattr(cli, "run_protocol", lambda protocol, config, *rest: captured.append(config))
+    command = ["linear", "--weights", "random", "--backbone", "resnet18", "--data", str(synthetic_root)]
+    result = CliRunner().invoke(cli.app, [*command, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert captured[0].lrs == linear.DEFAULT_LRS
+    points = linear.plan(captured[0], resolve_weights("random", "resnet18"))
+    assert [point.name for point in points] == [f"lr={lr:g}" for lr in linear.DEFAULT_LRS]

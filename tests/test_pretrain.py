@@ -3,6 +3,8 @@ and the engine on synthetic data (dry run, exact resume after SIGTERM, NaN stop,
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 import os
 import signal
@@ -15,6 +17,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from vicregl_cli.backbones import build_backbone, read_backbone_state
+from vicregl_cli.cli import app
 from vicregl_cli.errors import UserError
 from vicregl_cli.pretrain.config import PretrainConfig, load_config
 from vicregl_cli.pretrain.losses import global_loss, local_loss
@@ -23,6 +26,7 @@ from vicregl_cli.pretrain.optim import LARS, build_optimizer, learning_rate, pea
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
+PRESETS = sorted((REPO / "configs" / "pretrain").glob("*.yaml"))
 
 
 # ---------------------------------------------------------------- optimisers and schedule
@@ -205,16 +209,20 @@ def test_config_file_then_flag_overrides_and_unknown_keys(tmp_path):
 
 
 def test_every_preset_loads():
-    presets = sorted((REPO / "configs" / "pretrain").glob("*.yaml"))
-    names = {p.stem for p in presets}
-    expected = {"resnet50_alpha0.9", "resnet50_alpha0.75", "vicreg_resnet50", "demo"} | {
-        f"convnext_{size}_alpha{a}" for size in ("small", "base", "xlarge") for a in ("0.9", "0.75")
-    }
-    assert expected <= names
-    for preset in presets:
+    names = {p.stem for p in PRESETS}
+    paper = {f"{net}_alpha{a}" for net in ("resnet50", "convnext_small", "convnext_base", "convnext_xlarge")
+             for a in ("0.9", "0.75")}  # fmt: skip
+    assert paper | {f"{name}_reference" for name in paper} | {"vicreg_resnet50", "demo"} <= names
+    for preset in PRESETS:
         config = load_config(preset, {})
+        written = yaml.safe_load(preset.read_text())
+        assert {key: getattr(config, key) for key in written} == written, preset.name
         if preset.stem != "demo":  # the papers: LARS for ResNets, AdamW for ConvNeXts
             assert (config.optimizer == "lars") == config.backbone.startswith("resnet"), preset.name
+        if preset.stem.endswith("_reference"):  # the paper preset but the reference code's two defaults
+            twin = dataclasses.asdict(load_config(preset.with_name(f"{preset.stem[:-10]}.yaml"), {}))
+            assert not twin["l2_all_matches"] and not twin["ignore_flips"]
+            assert dataclasses.asdict(config) == {**twin, "l2_all_matches": True, "ignore_flips": True}
     resnet = load_config(REPO / "configs/pretrain/resnet50_alpha0.75.yaml", {})
     assert (resnet.alpha, resnet.batch_size, resnet.epochs, resnet.base_lr, resnet.weight_decay) == (
         0.75, 2048, 300, 0.2, 1e-6)
@@ -222,9 +230,16 @@ def test_every_preset_loads():
         [224], [0.08], "8192-8192-8192", "512-512-512")
     convnext = load_config(REPO / "configs/pretrain/convnext_small_alpha0.9.yaml", {})
     assert (convnext.alpha, convnext.optimizer, convnext.base_lr, convnext.weight_decay) == (
-        0.9, "adamw", 5e-4, 0.05)
+        0.9, "adamw", 7.5e-4, 0.05)
     assert (convnext.crop_sizes, convnext.crop_counts) == ([224, 96], [2, 6])
     assert (convnext.crop_min_scales, convnext.crop_max_scales) == ([0.4, 0.08], [1.0, 0.4])
+    readme = {"S": ("small", 100, 384, 7.5e-4), "B": ("base", 400, 576, 5e-4),
+              "XL": ("xlarge", 400, 576, 5e-4)}  # fmt: skip
+    for (letter, (size, *settings)), alpha in itertools.product(readme.items(), ("0.9", "0.75")):
+        for path in REPO.glob(f"configs/pretrain/convnext_{size}_alpha{alpha}*.yaml"):  # paper and reference
+            cfg = load_config(path, {})
+            assert [cfg.backbone, cfg.epochs, cfg.batch_size, cfg.base_lr] == [f"convnext_{size}", *settings]
+            assert path.read_text().startswith(f"# VICRegL, ConvNeXt-{letter}, alpha {alpha} ("), path.name
     vicreg = load_config(REPO / "configs/pretrain/vicreg_resnet50.yaml", {})
     assert (vicreg.alpha, vicreg.cov_coeff, vicreg.epochs) == (1.0, 2.0, 1000)
 
@@ -347,8 +362,6 @@ def test_bad_inputs_fail_before_training(train_dir, tmp_path):
 
 
 def test_dry_run_prints_the_plan_without_training(train_dir, tmp_path):
-    from vicregl_cli.cli import app
-
     result = CliRunner().invoke(app, [
         "pretrain", "--config", str(REPO / "configs/pretrain/demo.yaml"), "--data", str(train_dir),
         "--out", str(tmp_path / "dry"), "--batch-size", "8", "--epochs", "3", "--base-lr", "0.4", "--dry-run",
@@ -367,3 +380,18 @@ def test_dry_run_prints_the_plan_without_training(train_dir, tmp_path):
     assert figures["view_shapes"] == "[[8, 3, 64, 64], [8, 3, 64, 64], [8, 3, 64, 64], [8, 3, 64, 64]]"
     assert math.isfinite(float(figures["first_batch_loss"]))
     assert not (tmp_path / "dry").exists()
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda path: path.stem)
+def test_every_preset_dry_runs_through_the_cli(train_dir, tmp_path, preset):
+    tiny = ("--dry-run --batch-size 4 --backbone resnet18 --crop-sizes 64 --crop-counts 2 --crop-min-scales "
+            "0.3 --crop-max-scales 1 --mlp 32-32 --maps-mlp 16-16 --num-matches 2,2 --epochs 1 "
+            "--warmup-epochs 0 --num-workers 0 --device cpu").split()  # fmt: skip
+    result = CliRunner().invoke(app, ["pretrain", "--config", str(preset), "--data", str(train_dir),
+                                      "--out", str(tmp_path / "dry"), *tiny])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    printed = yaml.safe_load(result.output.split("world_size")[0])["config"]
+    own = dataclasses.asdict(load_config(preset, {}))  # the preset's settings that the flags leave alone
+    kept = ("alpha", "l2_all_matches", "ignore_flips", "optimizer", "base_lr", "weight_decay", "blur_probs")
+    assert {key: printed[key] for key in kept} == {key: own[key] for key in kept}
+    assert printed["backbone"] == "resnet18" and not (tmp_path / "dry").exists()

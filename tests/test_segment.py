@@ -113,81 +113,36 @@ def test_mmseg_imports_with_the_standin_and_refuses_missing_ops():
             from mmcv.ops import CrissCrossAttention  # noqa: F401
 
 
-# --- our backbone and head inside mmseg ----------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name, depth", [("resnet18", 18), ("resnet50", 50)])
-def test_dilated_resnet_is_output_stride_8_and_equals_mmseg_resnet(name, depth):
-    from mmseg.models.backbones import ResNet
-
-    from vicregl_cli.transfer.mmseg_models import VICRegLBackbone
-
-    torch.manual_seed(0)
-    ours = VICRegLBackbone(name, output_stride=8).eval()
-    reference = ResNet(
-        depth=depth,
-        dilations=(1, 1, 2, 4),
-        strides=(1, 2, 1, 1),
-        contract_dilation=True,
-        style="pytorch",
-        out_indices=(0, 1, 2, 3),
-    )
-    reference.load_state_dict(ours.state_dict(), strict=True)
-    reference.eval()
-    image = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        stages, expected = ours(image), reference(image)
-    widths = ours.spec.stage_widths
-    assert [tuple(stage.shape) for stage in stages] == [
-        (1, widths[0], 16, 16),
-        (1, widths[1], 8, 8),
-        (1, widths[2], 8, 8),
-        (1, widths[3], 8, 8),
-    ]
-    assert ours.spec.output_stride == 8
-    for ours_stage, mmseg_stage in zip(stages, expected, strict=True):
-        assert torch.allclose(ours_stage, mmseg_stage, atol=1e-5)
-
-
-def test_convnext_small_linear_head_gets_four_stages_concatenated(voc_root):
-    from mmengine.registry import DefaultScope
-
-    from vicregl_cli.transfer.mmseg_models import MODELS
-
-    config = _config(_points(voc_root, backbone="convnext_small")[0], lr=1e-3)
-    assert config["model"]["decode_head"]["in_channels"] == [96, 192, 384, 768]
-    with DefaultScope.overwrite_default_scope("mmseg"):
-        model = MODELS.build(config["model"]).eval()
-    seen = []
-    model.decode_head.bn.register_forward_hook(lambda module, args, output: seen.append(args[0].shape))
-    with torch.no_grad():
-        logits = model.decode_head(model.extract_feat(torch.randn(1, 3, 64, 64)))
-    assert seen == [(1, 1440, 16, 16)]  # 96 + 192 + 384 + 768 channels at stride 4
-    assert model.decode_head.conv_seg.in_channels == 1440
-    assert logits.shape == (1, NUM_SYNTHETIC_CLASSES + 1, 16, 16)
+# --- templates ----------------------------------------------------------------------------------------
 
 
 def test_templates_hold_the_papers_schedules(voc_root):
     points = _points(voc_root, iters=None, batch_size=None, crop_size=None)
     assert [point.params["lr"] for point in points] == [0.1, 0.05, 0.03, 0.02, 0.01]
     plan = points[0].task
-    assert plan.crop_size == 64 and any("crop 512 shrunk to 64" in note for note in plan.notes)
+    assert plan.crop_size == (64, 64) and any("crop 512 shrunk to 64" in note for note in plan.notes)
     config = _config(points[0], lr=0.05)
     assert config["optim_wrapper"]["optimizer"] == dict(
         type="SGD", momentum=0.9, weight_decay=0.0005, lr=0.05
     )
     assert config["param_scheduler"] == [
-        dict(type="PolyLR", power=0.9, eta_min=0.0001, by_epoch=False, begin=0, end=40000)
+        dict(type="PolyLR", power=0.9, eta_min=0.0001, by_epoch=False, begin=0, end=40001)
     ]
     assert config["train_cfg"]["max_iters"] == 40000 and config["train_dataloader"]["batch_size"] == 16
     assert config["model"]["backbone"]["output_stride"] == 8
     assert config["model"]["decode_head"]["type"] == "LinearSegHead"
+    assert config["model"]["decode_head"]["dropout_ratio"] == 0.1
+    assert config["model"]["test_cfg"] == dict(mode="whole")
     assert config["model"]["decode_head"]["norm_cfg"]["type"] == "BN"
     convnext = _points(voc_root, backbone="convnext_small", frozen=False, iters=None)
     assert [point.params["lr"] for point in convnext] == [1e-4, 8e-5, 3e-5, 1e-5, 8e-6, 3e-6, 1e-6]
     schedule = _config(convnext[0], lr=1e-4)["param_scheduler"]
-    assert schedule[0] == dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0, end=1500)
-    assert schedule[1] == dict(type="PolyLR", power=1.0, eta_min=0.0, by_epoch=False, begin=1500, end=40000)
+    assert schedule == [  # both from iteration 0: mmengine multiplies them (mmseg 0.x's curve)
+        dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0, end=1501),
+        dict(type="PolyLR", power=1.0, eta_min=0.0, by_epoch=False, begin=0, end=40001),
+    ]
+    short = _config(_points(voc_root, backbone="convnext_small", iters=1000)[0], lr=1e-3)["param_scheduler"]
+    assert [(s["type"], s["end"]) for s in short] == [("LinearLR", 101), ("PolyLR", 1001)]  # warm-up capped
     fcn = _config(_points(voc_root, protocol="fcn", processes=4, batch_size=None, frozen=False)[0], 0.01)
     assert (
         fcn["model"]["decode_head"]["type"] == "FCNHead" and fcn["model"]["auxiliary_head"]["in_index"] == 2
@@ -298,7 +253,7 @@ def test_plan_names_the_benchmark_and_records_what_defines_each_run(voc_root, re
         "frozen": True,
         "iters": 3,
         "batch_size": 2,
-        "crop_size": 64,
+        "crop_size": (64, 64),
         "resize_scale": (256, 64),
         "classes": NUM_SYNTHETIC_CLASSES + 1,
         "train_images": 12,
@@ -440,33 +395,3 @@ def test_frozen_backbone_has_no_gradients_and_stays_in_eval_mode():
     stages = backbone(torch.randn(2, 3, 32, 32, requires_grad=True))
     assert not stages[-1].requires_grad
     assert F.relu(stages[-1]).shape == (2, 512, 4, 4)
-
-
-def _fake_tree(
-    root: Path, image_folder: str, mask_folder: str, name: str, suffixes: tuple[str, str], label: int
-):
-    import numpy as np
-    from PIL import Image
-
-    (root / image_folder).mkdir(parents=True, exist_ok=True)
-    (root / mask_folder).mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.zeros((40, 80, 3), np.uint8)).save(root / image_folder / f"{name}{suffixes[0]}")
-    Image.fromarray(np.full((40, 80), label, np.uint8)).save(root / mask_folder / f"{name}{suffixes[1]}")
-
-
-def test_cityscapes_and_ade20k_layouts_use_mmseg_class_lists(tmp_path):
-    cityscapes = tmp_path / "cityscapes"
-    for split in ("train", "val"):
-        suffixes = ("_leftImg8bit.png", "_gtFine_labelTrainIds.png")
-        _fake_tree(cityscapes, f"leftImg8bit/{split}/aachen", f"gtFine/{split}/aachen", "a_1", suffixes, 18)
-    plan = _plan(cityscapes, dataset="cityscapes", batch_size=None)
-    assert len(plan.class_names) == 19 and plan.class_names[0] == "road" and plan.batch_size == 8
-    assert plan.resize_scale == (256, 128)  # (2048, 1024) scaled with the crop, 512 -> 64
-    ade = tmp_path / "ade"
-    for split in ("training", "validation"):
-        _fake_tree(ade, f"images/{split}", f"annotations/{split}", "ADE_1", (".jpg", ".png"), 150)
-    plan = _plan(ade, dataset="ade20k", iters=None)
-    assert len(plan.class_names) == 150 and plan.iters == 160000  # label 150 is valid: 0 is ignored
-    _fake_tree(ade, "images/validation", "annotations/validation", "ADE_2", (".jpg", ".png"), 151)
-    with pytest.raises(UserError, match=r"labels \[151\] but mmseg's ADE20KDataset defines 150 classes"):
-        _points(ade, dataset="ade20k")

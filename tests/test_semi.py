@@ -6,7 +6,9 @@ from collections import Counter
 
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
+from vicregl_cli import cli
 from vicregl_cli.backbones import resolve_weights
 from vicregl_cli.data.readers import image_folder
 from vicregl_cli.errors import UserError
@@ -77,3 +79,28 @@ def test_semi_fine_tunes_on_the_subset_and_writes_a_result(tmp_path):
     assert records[0]["params"]["labelled_images"] == classes  # 24 images over 12 classes: 1 each
     summary = json.loads((tmp_path / "semi" / "summary.json").read_text())
     assert summary["metric"] == "top1" and len(summary["runs"]) == 2
+
+
+def test_grid_sweeps_backbone_by_head_lrs_and_the_paper_pair_stays_the_default(tmp_path, monkeypatch):
+    for split in ("train", "val"):
+        _image_folder(tmp_path / "data" / split, {"n01": 20, "n02": 20})
+    weights = resolve_weights("random", "resnet18")
+
+    def pairs(**fields) -> list[tuple[float, float]]:
+        points = semi.plan(SemiConfig(data=tmp_path / "data", **fields), weights)
+        assert all("grid" not in point.params for point in points)  # the lrs are the record, not the flag
+        return [(point.params["lr_backbone"], point.params["lr_head"]) for point in points]
+
+    assert pairs(percent=1) == [(0.03, 0.08)] and pairs(percent=10) == [(0.01, 0.1)]
+    grid = pairs(percent=1, grid=True)
+    assert grid == [(b, h) for b in (0.003, 0.01, 0.03, 0.1) for h in (0.03, 0.08, 0.1, 0.3)]
+    assert (0.03, 0.08) in grid and (0.01, 0.1) in grid  # both paper pairs are grid points
+    assert pairs(percent=10, grid=True, lrs_head=(0.5,)) == [(b, 0.5) for b in semi.GRID_BACKBONE]
+    captured = []
+    monkeypatch.setattr(cli, "run_protocol", lambda protocol, config, *rest: captured.append(config))
+    command = ["semi", "--weights", "random", "--backbone", "resnet18", "--data", str(tmp_path / "data"),
+               "--out", str(tmp_path / "out"), "--percent", "1"]  # fmt: skip
+    for flags in ([], ["--grid"]):
+        result = CliRunner().invoke(cli.app, [*command, *flags])
+        assert result.exit_code == 0, result.output
+    assert [config.grid for config in captured] == [False, True]

@@ -141,7 +141,7 @@ def linear(
     data: Path = typer.Option(..., help="Root holding train/ and val/ in ImageFolder layout"),
     out: Path = typer.Option(..., help="Sweep folder: one run folder per lr (result.json), summary.json"),
     backbone: str = typer.Option(None, help=BACKBONE_HELP),
-    lr: list[str] = typer.Option(None, "--lr", help="lr grid: --lr 30 10 1 0.3 0.1 0.03 0.01 (default)"),
+    lr: list[str] = typer.Option(None, "--lr", help="lr grid (default: 30 10 1 0.3 0.1 0.03 0.02 0.01)"),
     epochs: int = typer.Option(100),
     batch_size: int = typer.Option(256, help="Total batch size over all processes"),
     weight_decay: float = typer.Option(1e-6),
@@ -175,6 +175,9 @@ def semi(
                                           "(default 1 %: 0.03, 10 %: 0.01)"),
     lr_head: list[str] = typer.Option(None, help="Head lr grid, comma list or repeated (default 1 %: 0.08, "
                                       "10 %: 0.1)"),
+    grid: bool = typer.Option(False, "--grid", help=f"VICReg B.2's grid search: backbone lrs "
+                              f"{semi_protocol.GRID_BACKBONE} x head lrs {semi_protocol.GRID_HEAD}, where "
+                              "--lr-backbone / --lr-head are not given (default: the paper's pair)"),
     epochs: int = typer.Option(20),
     batch_size: int = typer.Option(256, help="Total batch size over all processes"),
     image_size: int = typer.Option(224, help="Crop side (train RandomResizedCrop, val centre crop)"),
@@ -189,9 +192,9 @@ def semi(
     config = semi_protocol.SemiConfig(
         data=data, percent=percent, split_file=split_file,
         lrs_backbone=tuple(parse_grid(lr_backbone, "--lr-backbone")) or None,
-        lrs_head=tuple(parse_grid(lr_head, "--lr-head")) or None, epochs=epochs, batch_size=batch_size,
-        image_size=image_size, resize=resize, min_scale=min_scale, num_workers=workers, seed=seed,
-        device=run.device,
+        lrs_head=tuple(parse_grid(lr_head, "--lr-head")) or None, grid=grid, epochs=epochs,
+        batch_size=batch_size, image_size=image_size, resize=resize, min_scale=min_scale, num_workers=workers,
+        seed=seed, device=run.device,
     )  # fmt: skip
     run_protocol(semi_protocol, config, resolve_weights(weights, backbone, seed), out, run)
 

@@ -26,17 +26,22 @@ from vicregl_cli.files import write_atomic
 from vicregl_cli.progress import track
 
 CACHE_FORMAT = 1
+# The evaluation view's resize, as DINO's evaluation code (Resize(256, interpolation=3)); the training crop
+# keeps torchvision's default (bilinear), as VICReg's and DINO's training views do. The cache identity
+# records it, so features cached with another interpolation are not reused.
+INTERPOLATION = transforms.InterpolationMode.BICUBIC
 
 
 def eval_transform(resize: int = 256, crop: int = 224) -> transforms.Compose:
-    """The papers' evaluation view: short side to `resize`, centre crop `crop`, ImageNet normalisation."""
+    """The papers' evaluation view: short side to `resize` (bicubic), centre crop `crop`, ImageNet
+    normalisation."""
     if resize < crop:
         raise UserError(
             f"--resize {resize} is smaller than --image-size {crop}; the centre crop would not fit"
         )
     return transforms.Compose(
         [
-            transforms.Resize(resize),
+            transforms.Resize(resize, interpolation=INTERPOLATION),
             transforms.CenterCrop(crop),
             transforms.ToTensor(),
             transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
@@ -45,7 +50,8 @@ def eval_transform(resize: int = 256, crop: int = 224) -> transforms.Compose:
 
 
 def train_transform(crop: int = 224, min_scale: float = 0.08) -> transforms.Compose:
-    """The linear / semi training view: RandomResizedCrop + horizontal flip, ImageNet normalisation."""
+    """The linear / semi training view: RandomResizedCrop (bicubic) + horizontal flip, ImageNet
+    normalisation."""
     return transforms.Compose(
         [
             transforms.RandomResizedCrop(crop, scale=(min_scale, 1.0)),
@@ -244,11 +250,12 @@ def frozen_extractor(
     bn_batches = bn_batches_used(weights, recalibrate_bn, bn_batches)
     if bn_batches and bn_dataset is None:
         raise UserError("BatchNorm re-estimation needs training images")
+    transform = dict(resize=resize, crop=crop, interpolation=INTERPOLATION.value, normalize="imagenet")
     identity = {
         "weights": weights.label if weights.is_random else weights.sha256,
         "backbone": weights.backbone,
         "bn_recalibration": bn_recalibration_params(bn_batches, batch_size, weights.seed),
-        "transform": {"resize": resize, "crop": crop, "interpolation": "bilinear", "normalize": "imagenet"},
+        "transform": transform,
     }
     return FeatureExtractor(
         model=model,

@@ -41,7 +41,8 @@ from vicregl_cli.progress import track
 from vicregl_cli.seeding import seeded
 from vicregl_cli.sweep import SweepPoint, point_name
 
-DEFAULT_LRS = (30.0, 10.0, 1.0, 0.3, 0.1, 0.03, 0.01)
+# The papers' grid and 0.02: the linear lr of the official README (ResNets) and of VICReg appendix B.2
+DEFAULT_LRS = (30.0, 10.0, 1.0, 0.3, 0.1, 0.03, 0.02, 0.01)
 
 METRIC = "top1"  # the metric that ranks the runs of a sweep
 

@@ -1,6 +1,7 @@
 """Semi-supervised evaluation (DESIGN §3): fine-tune backbone + linear head on 1 % or 10 % of the labels, SGD
-momentum 0.9 without weight decay, 20 epochs, per-epoch cosine, separate backbone / head learning rates swept
-as a grid; best val top-1 / top-5. Labelled subset: a SimCLR split file, or drawn per class."""
+momentum 0.9 without weight decay, 20 epochs, per-epoch cosine, separate backbone / head learning rates (the
+paper's pair, or a grid over both); best val top-1 / top-5. Labelled subset: a SimCLR split file, or drawn per
+class."""
 
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ from vicregl_cli.sweep import SweepPoint, point_name
 
 # percent -> (backbone lr, head lr): the VICReg paper's semi-supervised settings
 DEFAULT_LRS = {1: (0.03, 0.08), 10: (0.01, 0.1)}
+# `--grid`: the backbone x head search of VICReg appendix B.2, which names no values: the 1-3-10 ladder around
+# the paper's lrs, with the 1 % head lr 0.08, so that both paper pairs are grid points
+GRID_BACKBONE = (0.003, 0.01, 0.03, 0.1)
+GRID_HEAD = (0.03, 0.08, 0.1, 0.3)
 
 METRIC = "top1"  # the metric that ranks the runs of a sweep
 
@@ -89,6 +94,7 @@ class SemiConfig:
     split_file: Path | None = None
     lrs_backbone: tuple[float, ...] | None = None
     lrs_head: tuple[float, ...] | None = None
+    grid: bool = False  # sweep GRID_BACKBONE x GRID_HEAD where no lrs are given
     epochs: int = 20
     batch_size: int = 256
     momentum: float = 0.9
@@ -111,10 +117,13 @@ def labelled_indices(config: SemiConfig, dataset) -> list[int]:
 
 
 def default_lrs(config: SemiConfig, labelled: int, total: int) -> tuple[list[float], list[float]]:
-    """The grids to sweep: the given ones, else the paper's pair for 1 % (10 % if the subset is ≥ 5 %)."""
+    """The grids to sweep: the given ones, else with `grid` GRID_BACKBONE / GRID_HEAD, else the paper's pair
+    for 1 % (10 % if the subset is ≥ 5 %)."""
+    if config.grid:
+        return list(config.lrs_backbone or GRID_BACKBONE), list(config.lrs_head or GRID_HEAD)
     percent = config.percent if config.percent is not None else (1 if labelled < 0.05 * total else 10)
     backbone_lr, head_lr = DEFAULT_LRS[1 if percent < 5 else 10]
-    return config.lrs_backbone or [backbone_lr], config.lrs_head or [head_lr]
+    return list(config.lrs_backbone or [backbone_lr]), list(config.lrs_head or [head_lr])
 
 
 class Classifier(nn.Module):
@@ -157,7 +166,7 @@ def plan(config: SemiConfig, weights: WeightsRef) -> list[SweepPoint]:
     train_set, val_set = open_datasets(config.data, None, None)
     labelled = labelled_indices(config, train_set)
     lrs_backbone, lrs_head = default_lrs(config, len(labelled), len(train_set))
-    skipped = ("data", "device", "lrs_backbone", "lrs_head")
+    skipped = ("data", "device", "lrs_backbone", "lrs_head", "grid")
     shared = {key: value for key, value in asdict(config).items() if key not in skipped}
     shared.update(
         classes=len(train_set.classes),

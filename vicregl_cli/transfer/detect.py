@@ -21,6 +21,7 @@ from vicregl_cli.transfer.tv_detection import TORCHVISION_DATASETS, DetectionSet
 
 METRIC = "AP"  # VOC: the VOC07 11-point AP over IoU 0.50:0.95; COCO: COCOeval's box AP
 ENGINES = ("detectron2", "torchvision")
+DETECTIONS = "detections"  # torchvision engine: RUN/detections/comp4_det_test_<class>.txt
 BENCHMARKS = {
     "voc": "detect-voc-faster-rcnn-c4",
     "voc0712": "detect-voc0712-faster-rcnn-c4",
@@ -176,11 +177,14 @@ def _write_detectron2(
 
 def run_point(point: SweepPoint) -> dict[str, float]:
     """Train and evaluate one learning rate on the planned engine -> its (finite) metrics: the torchvision
-    engine here, or the detectron2 launcher on the point's own `.pkl` + config in its run folder."""
+    engine here (its test detections in the VOC devkit's results files under `RUN/detections/`), or the
+    detectron2 launcher on the point's own `.pkl` + config in its run folder."""
     config: DetectConfig = point.task
     lr = point.params["lr"]
     if config.engine == "torchvision":
-        metrics = tv_detection.run(point.weights, config.dataset, config.data_root, _tv_settings(config, lr))
+        settings = _tv_settings(config, lr)
+        detections = point.folder / DETECTIONS
+        metrics = tv_detection.run(point.weights, config.dataset, config.data_root, settings, detections)
     else:
         written = _write_detectron2(config, point.weights, point.folder, lr, "config.yaml", point.folder)
         metrics = detectron2_run.train(written.config, config.num_gpus, point.folder)

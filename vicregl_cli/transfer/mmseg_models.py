@@ -103,12 +103,23 @@ class VICRegLBackbone(BaseModule):
 class LinearSegHead(BaseDecodeHead):
     """The linear protocol's head (VICRegL appendix D.2): BatchNorm + 1 x 1 convolution on one stage map, or
     on the stage maps resized (bilinear) to the first one's size and concatenated (`resize_concat`); mmseg
-    upsamples the logits bilinearly to the label size."""
+    upsamples the logits bilinearly to the label size. Every other argument (dropout_ratio, ...) is
+    BaseDecodeHead's, so `--cfg-options model.decode_head.<name>=...` overrides it."""
 
-    def __init__(self, in_channels: int | list[int], norm_cfg: dict | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        in_channels: int | list[int],
+        channels: int | None = None,
+        norm_cfg: dict | None = None,
+        **kwargs,
+    ) -> None:
         total = sum(in_channels) if isinstance(in_channels, (list, tuple)) else in_channels
+        if channels not in (None, total):
+            raise UserError(
+                f"LinearSegHead has no projection: channels must be {total} (its input width), not {channels}"
+            )
         norm_cfg = norm_cfg if norm_cfg is not None else dict(type="BN", requires_grad=True)
-        super().__init__(in_channels, total, dropout_ratio=0.0, norm_cfg=norm_cfg, **kwargs)
+        super().__init__(in_channels, total, norm_cfg=norm_cfg, **kwargs)
         self.bn = build_norm_layer(norm_cfg, total)[1]
 
     def forward(self, inputs: tuple[Tensor, ...]) -> Tensor:

@@ -48,7 +48,7 @@ def _model(plan: SegmentPlan, weights: WeightsRef) -> dict:
             bgr_to_rgb=True,
             pad_val=0,
             seg_pad_val=255,
-            size=(plan.crop_size, plan.crop_size),
+            size=plan.crop_size,
         ),
         backbone=backbone,
     )
@@ -62,21 +62,35 @@ def _model(plan: SegmentPlan, weights: WeightsRef) -> dict:
             fcn, in_channels=widths[2], in_index=2, channels=256, num_convs=1, concat_input=False,
             loss_decode=dict(loss, loss_weight=0.4),
         )  # fmt: skip
-    elif is_resnet:
-        model["decode_head"] = dict(type="LinearSegHead", in_channels=widths[3], in_index=3, **common)
-    else:
-        model["decode_head"] = dict(
-            type="LinearSegHead", in_channels=widths, in_index=[0, 1, 2, 3], input_transform="resize_concat",
-            **common,
-        )  # fmt: skip
+    else:  # the linear head: the last stage (ResNet) or the four stages resized and concatenated (ConvNeXt)
+        dropout = plan.family_template["linear_head_dropout"]
+        linear = dict(type="LinearSegHead", dropout_ratio=dropout, **common)
+        if is_resnet:
+            model["decode_head"] = dict(linear, in_channels=widths[3], channels=widths[3], in_index=3)
+        else:
+            model["decode_head"] = dict(
+                linear, in_channels=widths, channels=sum(widths), in_index=[0, 1, 2, 3],
+                input_transform="resize_concat",
+            )  # fmt: skip
     model["train_cfg"] = dict()
-    model["test_cfg"] = dict(mode="whole")
+    model["test_cfg"] = _inference(plan)
     return model
+
+
+def _inference(plan: SegmentPlan) -> dict:
+    """The family's test-time mode; a sliding window is the training crop, its stride in the template's
+    window : stride proportion (512 : 341), so a crop shrunk for tiny images scales both."""
+    inference = dict(plan.family_template["inference"])
+    if inference["mode"] == "slide":
+        proportions = zip(plan.crop_size, inference["stride"], inference["crop_size"], strict=True)
+        inference["stride"] = tuple(round(side * stride / window) for side, stride, window in proportions)
+        inference["crop_size"] = plan.crop_size
+    return inference
 
 
 def _pipelines(plan: SegmentPlan) -> tuple[list[dict], list[dict]]:
     """(train, test) pipelines: mmseg's augmentations at the plan's crop and resize scale."""
-    crop = (plan.crop_size, plan.crop_size)
+    crop = plan.crop_size
     train = [
         dict(type="LoadImageFromFile"),
         dict(type="LoadAnnotations"),
@@ -113,45 +127,52 @@ def _dataset(plan: SegmentPlan, split: dict, pipeline: list[dict]) -> dict:
     return dataset
 
 
-def _schedule(plan: SegmentPlan, lr: float) -> dict:
-    """Optimiser, warm-up + poly schedule, loops and hooks: the optimiser template at learning rate lr."""
-    optimizer_template = plan.optimizer_template
-    iters = plan.iters
-    optim_wrapper = dict(
-        type="OptimWrapper", optimizer=dict(optimizer_template["optimizer"], lr=lr), clip_grad=None
-    )
-    if optimizer_template["paramwise_cfg"]:
-        optim_wrapper["paramwise_cfg"] = optimizer_template["paramwise_cfg"]
+def _schedulers(family_template: dict, iters: int) -> list[dict]:
+    """mmseg 0.x's iteration schedule as mmengine schedulers, all from iteration 0: poly decay over the whole
+    run and, for ConvNeXt, a linear warm-up (at most a tenth of the run) multiplying it (mmengine multiplies
+    concurrent factors). `end` is one past the last step, as mmengine reaches a scheduler's final value at
+    end - 1: lr(t) = (base - min) (1 - t / iters)^power + min, times 1 - (1 - t / warmup)(1 - start) during
+    the warm-up, exactly mmcv 1.x's PolyLrUpdaterHook with warmup='linear' (with a warm-up, for min lr 0: the
+    ConvNeXt template's)."""
     schedulers = []
-    begin = 0
-    warmup = optimizer_template["warmup"]
-    if warmup:
-        begin = min(warmup["iters"], iters // 10)
-        if begin:
-            schedulers.append(
-                dict(
-                    type=warmup["type"],
-                    start_factor=warmup["start_factor"],
-                    by_epoch=False,
-                    begin=0,
-                    end=begin,
-                )
+    warmup = family_template["warmup"]
+    warmup_iters = min(warmup["iters"], iters // 10) if warmup else 0
+    if warmup_iters:
+        schedulers.append(
+            dict(
+                type=warmup["type"],
+                start_factor=warmup["start_factor"],
+                by_epoch=False,
+                begin=0,
+                end=warmup_iters + 1,
             )
-    poly = optimizer_template["poly"]
+        )
+    poly = family_template["poly"]
     schedulers.append(
         dict(
             type=poly["type"],
             power=poly["power"],
             eta_min=poly["eta_min"],
             by_epoch=False,
-            begin=begin,
-            end=iters,
+            begin=0,
+            end=iters + 1,
         )
+    )
+    return schedulers
+
+
+def _schedule(plan: SegmentPlan, lr: float) -> dict:
+    """Optimiser, warm-up + poly schedule, loops and hooks: the family template's optimiser at learning rate
+    lr (no paramwise_cfg: weight decay on every parameter, as the official optimisers)."""
+    family_template = plan.family_template
+    iters = plan.iters
+    optim_wrapper = dict(
+        type="OptimWrapper", optimizer=dict(family_template["optimizer"], lr=lr), clip_grad=None
     )
     template = plan.dataset_template
     return dict(
         optim_wrapper=optim_wrapper,
-        param_scheduler=schedulers,
+        param_scheduler=_schedulers(family_template, iters),
         train_cfg=dict(
             type="IterBasedTrainLoop", max_iters=iters, val_interval=min(template["val_interval"], iters)
         ),

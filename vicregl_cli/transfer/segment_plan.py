@@ -26,7 +26,7 @@ DATASET_TEMPLATES = {
     "cityscapes": "cityscapes.py",
     "ade20k": "ade20k.py",
 }
-OPTIMIZER_TEMPLATES = {"resnet": "resnet_sgd.py", "convnext": "convnext_adamw.py"}
+FAMILY_TEMPLATES = {"resnet": "resnet_sgd.py", "convnext": "convnext_adamw.py"}  # head, inference, optimiser
 PROTOCOLS = ("linear", "fcn")
 SAMPLED_FILES = 100  # masks read per split for the class-count check; images probed for the crop size
 AUTO_DEVICES = (None, "auto")
@@ -44,7 +44,7 @@ class SegmentSettings:
     lrs: tuple[float, ...] | None = None  # None (or empty): the template's grid
     iters: int | None = None
     batch_size: int | None = None  # total over processes
-    crop_size: int | None = None
+    crop_size: int | None = None  # a square crop side; None: the template crop (shrunk for tiny images)
     processes: int = 1  # processes (GPUs) the config is written for; > 1 uses SyncBN
     workers: int = 4
     seed: int = 0
@@ -61,7 +61,7 @@ class SegmentPlan:
     data_root: Path  # resolved
     class_names: tuple[str, ...]
     img_suffix: str
-    crop_size: int
+    crop_size: tuple[int, int]  # (height, width)
     resize_scale: tuple[int, int]
     iters: int
     batch_size: int
@@ -69,7 +69,7 @@ class SegmentPlan:
     train_images: int
     val_images: int
     dataset_template: dict
-    optimizer_template: dict
+    family_template: dict  # the backbone family's linear-head dropout, inference mode and optimiser
     notes: tuple[str, ...] = ()
 
 
@@ -172,21 +172,32 @@ def _class_names(data_root: Path, template: dict) -> tuple[list[str], str]:
     return classes, f"mmseg's {template['dataset_type']}"
 
 
-def _fit_crop(pairs: list[tuple[Path, Path]], template_crop: int, notes: list[str]) -> int:
-    """The template crop, unless the images are so small (short side under half the crop, e.g. the 96-px
-    synthetic set) that upsampling them 2x and more would only slow the run: then the crop shrinks to them."""
+def _fit_crop(
+    pairs: list[tuple[Path, Path]], template_crop: tuple[int, int], notes: list[str]
+) -> tuple[int, int]:
+    """The template crop (height, width), unless the images are so small (short side under half the crop's
+    short side, e.g. the 96-px synthetic set) that upsampling them 2x and more would only slow the run: then
+    the crop's short side shrinks to them (a multiple of 32) and its long side in proportion."""
     short_sides = []
     for image_path, _ in pairs[:SAMPLED_FILES]:
         with Image.open(image_path) as image:
             short_sides.append(min(image.size))
     short = int(statistics.median(short_sides))
-    if short * 2 >= template_crop:
+    template_short = min(template_crop)
+    if short * 2 >= template_short:
         return template_crop
-    crop = max(32, short // 32 * 32)
+    shrunk = max(32, short // 32 * 32)
+    crop = (template_crop[0] * shrunk // template_short, template_crop[1] * shrunk // template_short)
     notes.append(
-        f"images are about {short} px; crop {template_crop} shrunk to {crop} (set it with --crop-size)"
+        f"images are about {short} px; crop {_crop_text(template_crop)} shrunk to {_crop_text(crop)} "
+        "(set a square crop with --crop-size)"
     )
     return crop
+
+
+def _crop_text(crop: tuple[int, int]) -> str:
+    """`512` for a square crop, `512x1024` (height x width) otherwise."""
+    return str(crop[0]) if crop[0] == crop[1] else f"{crop[0]}x{crop[1]}"
 
 
 def _check_device(device: str | None) -> None:
@@ -240,7 +251,7 @@ def check_settings(settings: SegmentSettings, weights: WeightsRef) -> SegmentPla
     if not data_root.is_dir():
         raise UserError(f"data root {data_root} does not exist")
     template = read_template(TEMPLATES / DATASET_TEMPLATES[settings.dataset])
-    optimizer = read_template(TEMPLATES / OPTIMIZER_TEMPLATES[family])
+    family_template = read_template(TEMPLATES / FAMILY_TEMPLATES[family])
     _check_device(settings.device)
     img_suffix = _image_suffix(data_root, template)
     seg_suffix = template["seg_map_suffix"]
@@ -255,8 +266,12 @@ def check_settings(settings: SegmentSettings, weights: WeightsRef) -> SegmentPla
     for pairs in (train_pairs, val_pairs):
         _check_labels(pairs, len(class_names), template["reduce_zero_label"], source)
     notes: list[str] = []
-    crop = settings.crop_size or _fit_crop(train_pairs, template["crop_size"], notes)
-    scale = tuple(round(side * crop / template["crop_size"]) for side in template["resize_scale"])
+    template_crop = tuple(template["crop_size"])
+    if settings.crop_size:
+        crop = (settings.crop_size, settings.crop_size)
+    else:
+        crop = _fit_crop(train_pairs, template_crop, notes)
+    scale = tuple(round(side * min(crop) / min(template_crop)) for side in template["resize_scale"])
     batch_size = settings.batch_size or template["batch_size"]
     if batch_size % settings.processes:
         raise UserError(
@@ -272,10 +287,10 @@ def check_settings(settings: SegmentSettings, weights: WeightsRef) -> SegmentPla
         resize_scale=scale,
         iters=settings.iters or template["iters"],
         batch_size=batch_size,
-        lrs=tuple(float(lr) for lr in settings.lrs or optimizer["lr_grid"][regime]),
+        lrs=tuple(float(lr) for lr in settings.lrs or family_template["lr_grid"][regime]),
         train_images=len(train_pairs),
         val_images=len(val_pairs),
         dataset_template=template,
-        optimizer_template=optimizer,
+        family_template=family_template,
         notes=tuple(notes),
     )

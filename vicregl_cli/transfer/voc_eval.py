@@ -3,17 +3,21 @@ per IoU threshold, difficult objects neither true nor false positives) and COCO 
 On VOC datasets the headline AP, AP50, AP75 are the VOC07 ones (DESIGN §3), the COCO-style ones `coco_*`.
 
 Boxes are xyxy pixel edges (VOC's 1-based xmin/ymin minus 1): in these coordinates the VOC devkit's "+1" IoU
-equals the plain continuous IoU, so no pixel offsets are applied here.
+equals the plain continuous IoU, so no pixel offsets are applied here. Detections go to and come back
+from the VOC devkit's results files (`comp4_det_test_<class>.txt`) in the devkit's 1-based coordinates, as
+detectron2 writes them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 VOC_IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+RESULTS_FILE = "comp4_det_test_{}.txt"  # the devkit's results file of one class (competition 4: any data)
 
 
 @dataclass
@@ -161,3 +165,42 @@ def voc_detection_metrics(
     metrics = voc_metrics(detections, truths, num_classes, use_07_metric=True)
     metrics.update({f"coco_{name}": value for name, value in coco_metrics(detections, truths).items()})
     return metrics
+
+
+def write_voc_results(
+    folder: Path, image_ids: list[str], detections: list[ImageDetections], class_names: list[str]
+) -> list[Path]:
+    """One devkit results file per class in `folder` (empty when the class has no detection): a line per
+    detection, `image_id score xmin ymin xmax ymax`, score with 3 decimals, the box in the devkit's 1-based
+    pixel coordinates with 1 decimal (detectron2's PascalVOCDetectionEvaluator format)."""
+    if len(set(image_ids)) != len(image_ids):
+        raise ValueError("image ids must be unique to name detections in VOC results files")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines: list[list[str]] = [[] for _ in class_names]
+    for image_id, image in zip(image_ids, detections, strict=True):
+        for (x0, y0, x1, y1), score, label in zip(image.boxes, image.scores, image.labels, strict=True):
+            lines[int(label)].append(f"{image_id} {score:.3f} {x0 + 1:.1f} {y0 + 1:.1f} {x1:.1f} {y1:.1f}\n")
+    paths = [folder / RESULTS_FILE.format(name) for name in class_names]
+    for path, class_lines in zip(paths, lines, strict=True):
+        path.write_text("".join(class_lines))
+    return paths
+
+
+def read_voc_results(folder: Path, image_ids: list[str], class_names: list[str]) -> list[ImageDetections]:
+    """The detections of `write_voc_results`' files, per image of `image_ids`, boxes back in pixel edges."""
+    index_of = {image_id: index for index, image_id in enumerate(image_ids)}
+    rows: list[list[tuple[list[float], float, int]]] = [[] for _ in image_ids]
+    for label, name in enumerate(class_names):
+        for line in (Path(folder) / RESULTS_FILE.format(name)).read_text().splitlines():
+            image_id, score, x0, y0, x1, y1 = line.split()
+            box = [float(x0) - 1.0, float(y0) - 1.0, float(x1), float(y1)]
+            rows[index_of[image_id]].append((box, float(score), label))
+    return [
+        ImageDetections(
+            np.array([box for box, _, _ in image], dtype=np.float64).reshape(-1, 4),
+            np.array([score for _, score, _ in image], dtype=np.float64),
+            np.array([label for _, _, label in image], dtype=np.int64),
+        )
+        for image in rows
+    ]

@@ -15,7 +15,7 @@ train_splits = [
 val_split = dict(
     img_path="JPEGImages", seg_map_path="SegmentationClass", ann_file="ImageSets/Segmentation/val.txt"
 )
-crop_size = 512  # VICRegL appendix D.2: 512 x 512 for every dataset
+crop_size = (512, 512)  # (height, width); VICRegL appendix D.2 and the official linear_r50 VOC config
 resize_scale = (2048, 512)  # mmseg's VOC pipeline: RandomResize ratio 0.5-2.0 in train, Resize at test
 iters = 40000
 val_interval = 4000

@@ -21,8 +21,9 @@ TORCHVISION_DATASETS = ("voc", "voc0712")
 
 @dataclass
 class Sample:
-    """One image of a split: its file and its parsed annotation."""
+    """One image of a split: its id (the split file's name for it), its file and its parsed annotation."""
 
+    image_id: str
     image_path: Path
     width: int
     height: int
@@ -63,6 +64,7 @@ def read_voc_split(voc_root: Path, split: str, class_names: list[str]) -> list[S
             raise UserError(f"image {image_path} (named by {image_id}.xml) does not exist")
         samples.append(
             Sample(
+                image_id,
                 image_path,
                 annotation.width,
                 annotation.height,

@@ -1,6 +1,7 @@
 """Train, PreciseBN and evaluate the C4 Faster R-CNN as detectron2 does: SGD without weight decay on norm
 parameters, BatchNorm training everywhere (nothing frozen), linear warm-up from 0.001 and step decay,
-PreciseBN before evaluation, then VOC07 AP (the headline keys) and COCO-style AP on the test split."""
+PreciseBN before evaluation, then the test detections in the VOC devkit's results files and, scored from those
+files, VOC07 AP (the headline keys) and COCO-style AP."""
 
 from __future__ import annotations
 
@@ -26,7 +27,13 @@ from vicregl_cli.transfer.tv_detection.data import (
 from vicregl_cli.transfer.tv_detection.geometry import Geometry, resolve_geometry
 from vicregl_cli.transfer.tv_detection.model import build_model
 from vicregl_cli.transfer.tv_detection.settings import DetectionSettings
-from vicregl_cli.transfer.voc_eval import ImageDetections, ImageTruth, voc_detection_metrics
+from vicregl_cli.transfer.voc_eval import (
+    ImageDetections,
+    ImageTruth,
+    read_voc_results,
+    voc_detection_metrics,
+    write_voc_results,
+)
 
 
 def make_optimizer(model: nn.Module, settings: DetectionSettings) -> torch.optim.SGD:
@@ -111,17 +118,24 @@ def precise_bn(
 
 @torch.no_grad()
 def evaluate(
-    model: GeneralizedRCNN, samples: list[Sample], num_classes: int, test_size: int, device: torch.device
+    model: GeneralizedRCNN,
+    samples: list[Sample],
+    class_names: list[str],
+    test_size: int,
+    device: torch.device,
+    results_dir: Path,
 ) -> dict[str, float]:
-    """Detect on every test image at `test_size` (one at a time, as detectron2 tests): VOC07 11-point AP,
-    AP50, AP75 (detectron2's VOC evaluator) and COCO-style coco_AP, coco_AP50, coco_AP75, all in percent."""
+    """Detect on every test image at `test_size` (one at a time, as detectron2 tests), write the detections as
+    the devkit's `results_dir/comp4_det_test_<class>.txt`, and score what those files hold (3-decimal scores,
+    0.1 px boxes, as detectron2's VOC evaluator scores its own files): VOC07 11-point AP, AP50, AP75 and
+    COCO-style coco_AP, coco_AP50, coco_AP75, all in percent."""
     train_sizes = model.transform.min_size
     model.transform.min_size = (test_size,)
     model.eval()
     images = DetectionImages(samples)
-    detections, truths = [], []
+    detections = []
     with track("detect eval", len(samples), log_every=max(1, len(samples) // 5)) as tracker:
-        for index, sample in enumerate(samples):
+        for index in range(len(samples)):
             image, _ = images[(index, False)]
             output = model([image.to(device)])[0]
             detections.append(
@@ -131,10 +145,13 @@ def evaluate(
                     output["labels"].cpu().numpy() - 1,
                 )
             )
-            truths.append(ImageTruth(sample.boxes, sample.labels, sample.difficult))
             tracker.advance()
     model.transform.min_size = train_sizes
-    return voc_detection_metrics(detections, truths, num_classes)
+    image_ids = [sample.image_id for sample in samples]
+    write_voc_results(results_dir, image_ids, detections, class_names)
+    truths = [ImageTruth(sample.boxes, sample.labels, sample.difficult) for sample in samples]
+    scored = read_voc_results(results_dir, image_ids, class_names)
+    return voc_detection_metrics(scored, truths, len(class_names))
 
 
 def _precise_bn_iters(settings: DetectionSettings) -> int:
@@ -162,9 +179,12 @@ def check_data(dataset: str, data_root: Path, settings: DetectionSettings) -> Ge
     return resolve_geometry(settings, load_data(dataset, data_root).train)
 
 
-def run(weights: WeightsRef, dataset: str, data_root: Path, settings: DetectionSettings) -> dict[str, float]:
-    """Load data, build the model around `weights.build()`, train, PreciseBN, evaluate -> metrics. Seeded by
-    settings.seed (heads, RoI sampling); the caller's RNG state comes back."""
+def run(
+    weights: WeightsRef, dataset: str, data_root: Path, settings: DetectionSettings, results_dir: Path
+) -> dict[str, float]:
+    """Load data, build the model around `weights.build()`, train, PreciseBN, evaluate (the test detections
+    into `results_dir`) -> metrics. Seeded by settings.seed (heads, RoI sampling); the caller's RNG state
+    comes back."""
     data = load_data(dataset, data_root)
     geometry = resolve_geometry(settings, data.train)
     bn_iters = _precise_bn_iters(settings)
@@ -186,4 +206,4 @@ def run(weights: WeightsRef, dataset: str, data_root: Path, settings: DetectionS
         )
         train(model, data, settings, device)
         precise_bn(model, data, replace(settings, precise_bn_iters=bn_iters), device)
-        return evaluate(model, data.test, len(data.class_names), geometry.test_size, device)
+        return evaluate(model, data.test, data.class_names, geometry.test_size, device, results_dir)

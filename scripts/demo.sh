@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo: synthetic data -> VICRegL pretraining (the miniature: docs/miniature.md) -> k-NN, linear probe and
 # frozen linear segmentation of the pretrained backbone and of a random-init one (BatchNorm re-estimated) ->
-# one summary table (OUT/summary.json). Detection runs as a pipeline check. About 9 minutes on 2 CPU cores.
+# one summary table (OUT/summary.json). Detection runs as a pipeline check. 7 minutes on 2 idle CPU cores.
 # Usage: bash scripts/demo.sh [OUT] [SEED]   (SEED draws the synthetic data, the pretraining and the random init)
 set -euo pipefail
 OUT=${1:-demo_out}

@@ -326,13 +326,16 @@ def synth(
 @app.command()
 def backbones() -> None:
     """List the backbone registry: parameters (no classifier), representation size, stage widths."""
-    table = Table(title="vicregl backbones (output stride 32; parameters without classifier)")
+    table = Table(title="vicregl backbones (parameters without classifier)")
     table.add_column("name", no_wrap=True)
-    for column in ("parameters", "representation", "stage widths"):
+    for column in ("parameters", "representation", "stage widths", "output stride"):
         table.add_column(column, justify="right", no_wrap=True)
     for name, spec in BACKBONES.items():
         widths = "-".join(str(width) for width in spec.stage_widths)
-        table.add_row(name, f"{parameter_count(name) / 1e6:.2f} M", str(spec.representation_size), widths)
+        table.add_row(
+            name, f"{parameter_count(name) / 1e6:.2f} M", str(spec.representation_size), widths,
+            str(spec.output_stride),
+        )  # fmt: skip
     Console().print(table)
 
 

@@ -1,6 +1,6 @@
-"""The synthetic dataset on disk: scenes (vicregl_cli.data.scenes) written in the ImageFolder and Pascal VOC
-layouts of the real datasets. Every image has its own seed derived from (seed, split, index): the bytes
-written do not depend on the number of worker processes.
+"""The synthetic dataset on disk: scenes (vicregl_cli.data.scenes) written in the ImageFolder layout (an
+object-centric render of each label) and the Pascal VOC layout (the multi-object scene). Every image has its
+own seed derived from (seed, split, index, layout): the bytes do not depend on the number of worker processes.
 """
 
 from __future__ import annotations

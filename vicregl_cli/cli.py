@@ -336,7 +336,8 @@ def backbones() -> None:
             name, f"{parameter_count(name) / 1e6:.2f} M", str(spec.representation_size), widths,
             str(spec.output_stride),
         )  # fmt: skip
-    Console().print(table)
+    console = Console()
+    (console if console.is_terminal else Console(width=160)).print(table)  # never squeezed off a TTY
 
 
 @app.command()

@@ -1,0 +1,112 @@
+"""`vicregl knn`, `linear` and `semi`: the classification protocols on frozen or fine-tuned backbones."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import typer
+
+from vicregl_cli.backbones import resolve_weights
+from vicregl_cli.cli_options import with_feature_options, with_run_options
+from vicregl_cli.commands.app import BACKBONE_HELP, EXTRA_ARGS, WEIGHTS_HELP, app
+from vicregl_cli.evaluate import knn as knn_protocol
+from vicregl_cli.evaluate import linear as linear_protocol
+from vicregl_cli.evaluate import semi as semi_protocol
+from vicregl_cli.options import FeatureOptions, RunOptions
+from vicregl_cli.sweep import parse_grid, run_protocol
+
+
+@app.command(context_settings=EXTRA_ARGS)
+@with_run_options()
+@with_feature_options()
+def knn(
+    ctx: typer.Context,
+    weights: str = typer.Option(..., help=WEIGHTS_HELP),
+    data: Path = typer.Option(..., help="Root holding train/ and val/ in ImageFolder layout"),
+    out: Path = typer.Option(..., help="Sweep folder: knn/result.json, summary.json"),
+    backbone: str = typer.Option(None, help=BACKBONE_HELP),
+    k: list[str] = typer.Option(None, "--k", help="Neighbour counts, one pass: --k 20 200 (default)"),
+    temperature: float = typer.Option(0.07, help="Votes weighted exp(cos / T)"),
+    batch_size: int = typer.Option(256, help="Extraction batch size per process"),
+    chunk_size: int = typer.Option(256, help="Queries per similarity tile"),
+    train_chunk_size: int = typer.Option(131072, help="Train features per similarity tile (0: all at once)"),
+    seed: int = typer.Option(0, help="Random init and BatchNorm-sample seed"),
+    *,
+    features: FeatureOptions,
+    run: RunOptions,
+) -> None:
+    """Weighted k-NN classification on frozen pooled features (every k in one pass; top-1 / top-5)."""
+    config = knn_protocol.KnnConfig(
+        data=data, ks=tuple(parse_grid([*(k or []), *ctx.args], "--k", int) or (20, 200)),
+        temperature=temperature, batch_size=batch_size, chunk_size=chunk_size,
+        train_chunk_size=train_chunk_size or None, device=run.device, **asdict(features),
+    )  # fmt: skip
+    run_protocol(knn_protocol, config, resolve_weights(weights, backbone, seed), out, run)
+
+
+@app.command(context_settings=EXTRA_ARGS)
+@with_run_options()
+@with_feature_options()
+def linear(
+    ctx: typer.Context,
+    weights: str = typer.Option(..., help=WEIGHTS_HELP),
+    data: Path = typer.Option(..., help="Root holding train/ and val/ in ImageFolder layout"),
+    out: Path = typer.Option(..., help="Sweep folder: one run folder per lr (result.json), summary.json"),
+    backbone: str = typer.Option(None, help=BACKBONE_HELP),
+    lr: list[str] = typer.Option(None, "--lr", help="lr grid (default: 30 10 1 0.3 0.1 0.03 0.02 0.01)"),
+    epochs: int = typer.Option(100),
+    batch_size: int = typer.Option(256, help="Total batch size over all processes"),
+    weight_decay: float = typer.Option(1e-6),
+    cached: bool = typer.Option(False, "--cached", help="Deviation: train every lr at once on cached "
+                                "centre-crop features (no augmentation)"),
+    min_scale: float = typer.Option(0.08, help="RandomResizedCrop minimum scale (reference code 0.08)"),
+    seed: int = typer.Option(0, help="Head init, batch order, random init seed"),
+    *,
+    features: FeatureOptions,
+    run: RunOptions,
+) -> None:
+    """Linear probe on frozen features, with a learning-rate sweep (or --cached: all lrs at once)."""
+    config = linear_protocol.LinearConfig(
+        data=data, lrs=tuple(parse_grid([*(lr or []), *ctx.args], "--lr") or linear_protocol.DEFAULT_LRS),
+        epochs=epochs, batch_size=batch_size, weight_decay=weight_decay, min_scale=min_scale, cached=cached,
+        seed=seed, device=run.device, **asdict(features),
+    )  # fmt: skip
+    run_protocol(linear_protocol, config, resolve_weights(weights, backbone, seed), out, run)
+
+
+@app.command()
+@with_run_options()
+def semi(
+    weights: str = typer.Option(..., help=WEIGHTS_HELP),
+    data: Path = typer.Option(..., help="Root holding train/ and val/ in ImageFolder layout"),
+    out: Path = typer.Option(..., help="Sweep folder: a run folder per (backbone lr, head lr), summary.json"),
+    backbone: str = typer.Option(None, help=BACKBONE_HELP),
+    percent: int = typer.Option(None, help="Labelled share: 1 or 10 (seeded class-balanced subset)"),
+    split_file: Path = typer.Option(None, help="SimCLR split file (1percent.txt / 10percent.txt) instead"),
+    lr_backbone: list[str] = typer.Option(None, help="Backbone lr grid, comma list or repeated "
+                                          "(default 1 %: 0.03, 10 %: 0.01)"),
+    lr_head: list[str] = typer.Option(None, help="Head lr grid, comma list or repeated (default 1 %: 0.08, "
+                                      "10 %: 0.1)"),
+    grid: bool = typer.Option(False, "--grid", help=f"VICReg B.2's grid search: backbone lrs "
+                              f"{semi_protocol.GRID_BACKBONE} x head lrs {semi_protocol.GRID_HEAD}, where "
+                              "--lr-backbone / --lr-head are not given (default: the paper's pair)"),
+    epochs: int = typer.Option(20),
+    batch_size: int = typer.Option(256, help="Total batch size over all processes"),
+    image_size: int = typer.Option(224, help="Crop side (train RandomResizedCrop, val centre crop)"),
+    resize: int = typer.Option(256, help="Val short side before the centre crop"),
+    min_scale: float = typer.Option(0.08, help="RandomResizedCrop minimum scale (reference code 0.08)"),
+    workers: int = typer.Option(8, help="Data-loading processes per training process"),
+    seed: int = typer.Option(0, help="Subset, head init, batch order, random init seed"),
+    *,
+    run: RunOptions,
+) -> None:
+    """Semi-supervised fine-tuning on 1 % or 10 % of the labels (grid over backbone and head lrs)."""
+    config = semi_protocol.SemiConfig(
+        data=data, percent=percent, split_file=split_file,
+        lrs_backbone=tuple(parse_grid(lr_backbone, "--lr-backbone")) or None,
+        lrs_head=tuple(parse_grid(lr_head, "--lr-head")) or None, grid=grid, epochs=epochs,
+        batch_size=batch_size, image_size=image_size, resize=resize, min_scale=min_scale, num_workers=workers,
+        seed=seed, device=run.device,
+    )  # fmt: skip
+    run_protocol(semi_protocol, config, resolve_weights(weights, backbone, seed), out, run)

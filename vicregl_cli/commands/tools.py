@@ -1,0 +1,80 @@
+"""`vicregl synth`, `backbones` and `report`: the synthetic dataset, the registry table, result tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vicregl_cli.backbones import BACKBONES, parameter_count
+from vicregl_cli.commands.app import app
+from vicregl_cli.data.synthetic import check_arguments, generate
+from vicregl_cli.errors import UserError
+from vicregl_cli.report import default_metric, print_table, read_results, to_csv, to_markdown
+
+
+@app.command()
+def synth(
+    out: Path = typer.Option(..., help="Output folder (gets classification/ and VOC2012/)"),
+    num_train: int = typer.Option(8000, help="Training images (each written to both layouts)"),
+    num_val: int = typer.Option(2000, help="Validation images"),
+    image_size: int = typer.Option(96, help="Image side in pixels"),
+    seed: int = typer.Option(0, help="Seed: the same seed writes the same bytes"),
+    workers: int = typer.Option(2, help="Processes drawing images (the output does not depend on it)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check the arguments, print what would be written"),
+) -> None:
+    """Write the synthetic dataset (ImageFolder + VOC layouts)."""
+    if dry_run:
+        check_arguments(out, num_train, num_val, image_size, workers)
+        typer.echo(f"would write {num_train} + {num_val} images of {image_size}x{image_size} (seed {seed})"
+                   f" to {out}/classification and {out}/VOC2012; dry run: nothing was written")
+        return
+    generate(out, num_train=num_train, num_val=num_val, image_size=image_size, seed=seed, workers=workers)
+    typer.echo(f"wrote {num_train} + {num_val} images of {image_size}x{image_size} to {out}")
+
+
+@app.command()
+def backbones() -> None:
+    """List the backbone registry: parameters (no classifier), representation size, stage widths."""
+    table = Table(title="vicregl backbones (parameters without classifier)")
+    table.add_column("name", no_wrap=True)
+    for column in ("parameters", "representation", "stage widths", "output stride"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for name, spec in BACKBONES.items():
+        widths = "-".join(str(width) for width in spec.stage_widths)
+        table.add_row(
+            name, f"{parameter_count(name) / 1e6:.2f} M", str(spec.representation_size), widths,
+            str(spec.output_stride),
+        )  # fmt: skip
+    console = Console()
+    (console if console.is_terminal else Console(width=160)).print(table)  # never squeezed off a TTY
+
+
+@app.command()
+def report(
+    paths: list[Path] = typer.Argument(..., help="result.json / summary.json files, or folders to search"),
+    format: str = typer.Option("table", "--format", help="table (rich), md (markdown) or csv"),
+    metric: str = typer.Option(None, help="Metric that picks the best row (default: each record's first)"),
+    title: str = typer.Option("results", help="Table title"),
+    output: Path = typer.Option(None, help="Write md / csv here instead of printing it"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Read the records, print what would be shown"),
+) -> None:
+    """Print or export the results of finished evaluation runs (the best row marked)."""
+    if format not in ("table", "md", "csv"):
+        raise UserError(f"--format must be table, md or csv, got {format!r}")
+    records = read_results(paths)
+    metric = metric or default_metric(records)
+    if dry_run:
+        typer.echo(f"would show {len(records)} record(s) ranked by {metric} as {format}"
+                   + (f" into {output}" if output else "") + "; dry run: nothing was written")
+        return
+    if format == "table":
+        print_table(records, metric, title)
+        return
+    text = to_markdown(records, metric) if format == "md" else to_csv(records, metric)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text)

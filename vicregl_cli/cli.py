@@ -2,15 +2,23 @@
 once, and calls one plain-Python module (a protocol's plan + the sweep runner, or pretraining)."""
 
 import importlib
+import pkgutil
 
 import typer
 
+from vicregl_cli import commands
 from vicregl_cli.commands.app import app
 from vicregl_cli.errors import UserError
 
-COMMAND_MODULES = ("pretrain", "evaluate", "transfer", "tools")  # registration order = `vicregl --help` order
-for module in COMMAND_MODULES:
-    importlib.import_module(f"vicregl_cli.commands.{module}")
+HELP_ORDER = ("pretrain", "evaluate", "svm", "transfer", "export", "matches", "tools", "presets")
+
+
+def _help_rank(module: str) -> tuple[int, str]:
+    return (HELP_ORDER.index(module) if module in HELP_ORDER else len(HELP_ORDER), module)
+
+
+for _module in sorted((info.name for info in pkgutil.iter_modules(commands.__path__)), key=_help_rank):
+    importlib.import_module(f"vicregl_cli.commands.{_module}")  # registers its subcommands on `app`
 
 __all__ = ["app", "main"]
 

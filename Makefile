@@ -12,9 +12,10 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[seg,det,slurm,dev]'
+	$(PY) -m pip install --quiet -e '.[seg-lite,det,slurm,dev]'
 	touch $(STAMP)
 
+# The suite includes tests/test_wheel.py: scripts/check_wheel.sh builds the wheel and runs it installed.
 test: $(STAMP)
 	$(PY) -m pytest -q
 

@@ -30,7 +30,7 @@ from vicregl_cli.transfer import segment
 from vicregl_cli.transfer.segment_plan import SegmentSettings
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESET = ROOT / "configs" / "pretrain" / "demo.yaml"
+PRESET = ROOT / "vicregl_cli" / "configs" / "pretrain" / "demo.yaml"
 DOC = ROOT / "docs" / "miniature.md"
 BEGIN, END = "<!-- miniature:begin -->", "<!-- miniature:end -->"
 METHODS = {

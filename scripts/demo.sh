@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: synthetic data -> VICRegL pretraining (the miniature: docs/miniature.md) -> k-NN, linear probe and
 # frozen linear segmentation of the pretrained backbone and of a random-init one (BatchNorm re-estimated) ->
-# one summary table (OUT/summary.json). Detection runs as a pipeline check. 7 minutes on 2 idle CPU cores.
+# one summary table (OUT/summary.json). Detection runs as a pipeline check. Also draws the matches the local
+# criterion keeps (OUT/matches.png) and the training / sweep curves (OUT/plots/). 7 minutes on 2 idle CPU cores.
 # Usage: bash scripts/demo.sh [OUT] [SEED]   (SEED draws the synthetic data, the pretraining and the random init)
 set -euo pipefail
 OUT=${1:-demo_out}
@@ -30,8 +31,10 @@ both() {  # run an evaluation on the pretrained backbone and on the random-init 
 }
 
 step synth "$VICREGL" synth --out "$SYNTH" --num-train 2000 --num-val 600 --image-size 48 --seed "$SEED"
-step pretrain "$VICREGL" pretrain --config configs/pretrain/demo.yaml --data "$SYNTH/classification/train" \
+step pretrain "$VICREGL" pretrain --config demo --data "$SYNTH/classification/train" \
     --out "$OUT/pretrain" --seed "$SEED" --device cpu
+step matches "$VICREGL" matches --weights "$OUT/pretrain/checkpoint.pth" \
+    --image "$SYNTH/VOC2012/JPEGImages/val_000000.jpg" --seed "$SEED" --out "$OUT/matches.png"
 step "random init (BatchNorm re-estimated)" "$PYTHON" scripts/demo_random_init.py resnet10_small_w16 "$SEED" \
     "$SYNTH/classification/train" 48 "$BASELINE"
 both knn --data "$SYNTH/classification" --k 20 200 "${FEATURES[@]}"
@@ -41,5 +44,6 @@ both segment --dataset voc --data-root "$SYNTH/VOC2012" --protocol linear --froz
 step "detect (pipeline check: random-init resnet18)" "$VICREGL" detect --weights random --backbone resnet18 \
     --dataset voc --data-root "$SYNTH/VOC2012" --engine torchvision --iters 10 --batch-size 2 --rois-per-image 16 \
     --proposals-test 20 --precise-bn-iters 2 --workers 0 --seed "$SEED" --device cpu --out "$OUT/detect"
+step plots "$VICREGL" report "$OUT/pretrain" "$OUT/linear" --plots "$OUT/plots" --title "demo runs"
 printf '\n\033[1m== summary\033[0m\n'
 "$PYTHON" scripts/demo_summary.py "$OUT" "$SEED"

@@ -1,14 +1,37 @@
 """The command line: every subcommand is listed."""
 
+import pytest
 from typer.testing import CliRunner
 
 from vicregl_cli.cli import app
 
-SUBCOMMANDS = ["pretrain", "linear", "knn", "semi", "segment", "detect", "synth", "backbones", "report"]
+SUBCOMMANDS = [
+    "pretrain", "linear", "knn", "semi", "svm", "segment", "detect", "export", "matches", "synth",
+    "backbones", "report", "presets",
+]  # fmt: skip
 
 
-def test_help_lists_all_nine_subcommands():
+def test_help_lists_every_subcommand():
     result = CliRunner().invoke(app, ["--help"], terminal_width=200)
     assert result.exit_code == 0
     listed = [name for name in SUBCOMMANDS if f" {name} " in result.output]
     assert listed == SUBCOMMANDS
+
+
+def test_a_run_stopped_by_a_signal_exits_128_plus_signal_with_the_resume_hint(monkeypatch, capsys, tmp_path):
+    import signal
+
+    from vicregl_cli import cli
+    from vicregl_cli.interrupts import TrainingInterrupted
+
+    def stopped_run() -> None:
+        raise TrainingInterrupted(signal.SIGUSR2, 7, tmp_path / "checkpoint.pth")
+
+    monkeypatch.setattr(cli, "app", stopped_run)
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 128 + signal.SIGUSR2
+    assert capsys.readouterr().err.strip() == (
+        f"stopped by SIGUSR2 after step 7; checkpoint saved to {tmp_path / 'checkpoint.pth'}; "
+        "run the same command again to resume"
+    )

@@ -139,14 +139,14 @@ def test_exported_config_parses_with_yacs_and_names_registered_head_and_datasets
 
 def test_kept_configs_match_generator_and_parse(tmp_path):
     templates = d2_config.template_configs()
-    kept = sorted(path.name for path in (REPO / "configs" / "detect").glob("*.yaml"))
+    kept = sorted(path.name for path in d2_config.template_folder().glob("*.yaml"))
     assert kept == sorted(templates)
     for name, config in templates.items():
-        with open(REPO / "configs" / "detect" / name) as handle:
+        with open(d2_config.template_folder() / name) as handle:
             cfg = CfgNode.load_cfg(handle)
         assert cfg == CfgNode(config), name
         fresh = d2_config.write_config(tmp_path / name, config).read_text()
-        assert fresh == (REPO / "configs" / "detect" / name).read_text(), f"{name} is stale: regenerate it"
+        assert fresh == (d2_config.template_folder() / name).read_text(), f"{name} is stale: regenerate it"
     voc = templates["voc0712_R_50_C4_24k.yaml"]
     assert voc["DATASETS"]["TRAIN"] + voc["DATASETS"]["TEST"] == list(launcher.VOC_SPLITS)
     assert templates["coco_10pct_R_50_FPN_1x.yaml"]["DATASETS"]["TRAIN"] == ["vicregl_coco_2017_train_10pct"]
@@ -206,7 +206,8 @@ def test_launcher_registers_extra_norm_head_and_voc_datasets(monkeypatch, export
     _, result = exported
     launcher.register_extra_norm_head()
     head_class = fake["roi"][d2_config.EXTRA_NORM_HEAD]
-    cfg = types.SimpleNamespace(MODEL=types.SimpleNamespace(RESNETS=types.SimpleNamespace(NORM="BN")))
+    cfg = types.SimpleNamespace(MODEL=types.SimpleNamespace(RESNETS=types.SimpleNamespace(NORM="BN")),
+                                VICREGL=types.SimpleNamespace(FREEZE_RES5=False, EXTRA_NORM=""))  # fmt: skip
     head = head_class(cfg, None)
     assert list(head.res5._modules) == ["0", "1", "norm"] and head.res5.norm.num_features == 8
 
@@ -281,7 +282,7 @@ def test_engine_choice_and_its_checks(monkeypatch, capsys, synthetic_voc, tmp_pa
         detect.plan(DetectConfig(dataset="voc", data_root=synthetic_voc, engine="detectron2"),
                     resolve_weights("random", "resnet18"))  # fmt: skip
     coco = DetectConfig(dataset="coco", data_root=tmp_path, engine="torchvision")
-    with pytest.raises(UserError, match="detectron2 only"):
+    with pytest.raises(UserError, match="not a COCO 2017 root"):
         detect.plan(coco, resolve_weights("random", "resnet50"))
     with pytest.raises(UserError, match="not a COCO 2017 root"):
         detect.plan(replace(coco, engine="detectron2"), resolve_weights("random", "resnet50"))
@@ -298,15 +299,18 @@ def test_detectron2_run_point_writes_its_files_and_reads_metrics_back(monkeypatc
         launched.append(command)
         lines = [
             {"iteration": 9, "total_loss": 1.5},
-            {"bbox/AP": 50.0, "bbox/AP50": 70.0, "bbox/AP75": 40.0, "bbox/APs": float("nan")},
+            {"bbox/AP": 50.0, "bbox/AP50": 70.0, "bbox/AP75": 40.0, "bbox/APs": float("nan"),
+             "bbox/APm": 45.0, "segm/AP": 30.0, "segm/AP50": 60.0},
         ]
         (point.folder / "metrics.json").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
 
     monkeypatch.setattr(detectron2_run.subprocess, "run", fake_launcher)
     metrics = detect.run_point(point)
     config = point.folder / "config.yaml"
-    assert launched == [detectron2_run.launch_command(config, 8)]
-    assert metrics == {"AP": 50.0, "AP50": 70.0, "AP75": 40.0}  # NaN (no small objects) left out
+    assert launched == [detectron2_run.launch_command(config, detect.visible_gpus())]  # default: GPUs seen
+    assert launched[0][-1] == "--resume"  # a requeued job continues from detectron2's last checkpoint
+    # NaN (no small objects) left out; box AP-medium and mask AP under names that cannot collide
+    assert metrics == {"AP": 50.0, "AP50": 70.0, "AP75": 40.0, "AP_medium": 45.0, "APm": 30.0, "APm50": 60.0}
     with open(config) as handle:
         cfg = CfgNode.load_cfg(handle)
     assert cfg.SOLVER.BASE_LR == 0.02 and cfg.OUTPUT_DIR == str(point.folder.resolve())
@@ -363,7 +367,7 @@ def test_bad_inputs_fail_clearly(tmp_path, synthetic_voc):
     with pytest.raises(UserError, match="not a ResNet"):
         detect.plan(DetectConfig(dataset="voc", data_root=synthetic_voc, engine="torchvision"),
                     resolve_weights("random", "convnext_tiny"))  # fmt: skip
-    with pytest.raises(UserError, match="detectron2 only"):
+    with pytest.raises(UserError, match="not a COCO 2017 root"):
         tv.load_data("coco", tmp_path)
 
 

@@ -32,6 +32,7 @@ def test_slurm_environment():
     env = {
         "SLURM_PROCID": "5",
         "SLURM_NTASKS": "16",
+        "SLURM_STEP_ID": "0",  # started by srun (vicregl_cli.distributed.slurm_tasks)
         "SLURM_LOCALID": "5",
         "SLURM_JOB_ID": "123456",
         "SLURM_JOB_NODELIST": "gpu-a[017-018,031],cpu1",

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from vicregl_cli import cli
 from vicregl_cli.backbones import resolve_weights
+from vicregl_cli.commands import evaluate as evaluate_commands
 from vicregl_cli.evaluate import linear
 from vicregl_cli.evaluate.classification import topk_correct
 from vicregl_cli.evaluate.linear import LinearConfig, train_heads_on_features
@@ -130,7 +131,7 @@ def test_linear_protocol_trains_through_the_frozen_backbone_with_augmentation(sy
 def test_default_lr_grid_includes_the_official_resnet_lr(synthetic_root, tmp_path, monkeypatch):
     assert linear.DEFAULT_LRS == (30.0, 10.0, 1.0, 0.3, 0.1, 0.03, 0.02, 0.01)  # 0.02: README, VICReg B.2
     captured = []
-    monkeypatch.setattr(cli, "run_protocol", lambda protocol, config, *rest: captured.append(config))
+    monkeypatch.setattr(evaluate_commands, "run_protocol", lambda _, config, *rest: captured.append(config))
     command = ["linear", "--weights", "random", "--backbone", "resnet18", "--data", str(synthetic_root)]
     result = CliRunner().invoke(cli.app, [*command, "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output

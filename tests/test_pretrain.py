@@ -26,7 +26,7 @@ from vicregl_cli.pretrain.optim import LARS, build_optimizer, learning_rate, pea
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
-PRESETS = sorted((REPO / "configs" / "pretrain").glob("*.yaml"))
+PRESETS = sorted((REPO / "vicregl_cli" / "configs" / "pretrain").glob("*.yaml"))
 
 
 # ---------------------------------------------------------------- optimisers and schedule
@@ -223,12 +223,12 @@ def test_every_preset_loads():
             twin = dataclasses.asdict(load_config(preset.with_name(f"{preset.stem[:-10]}.yaml"), {}))
             assert not twin["l2_all_matches"] and not twin["ignore_flips"]
             assert dataclasses.asdict(config) == {**twin, "l2_all_matches": True, "ignore_flips": True}
-    resnet = load_config(REPO / "configs/pretrain/resnet50_alpha0.75.yaml", {})
+    resnet = load_config(REPO / "vicregl_cli/configs/pretrain/resnet50_alpha0.75.yaml", {})
     assert (resnet.alpha, resnet.batch_size, resnet.epochs, resnet.base_lr, resnet.weight_decay) == (
         0.75, 2048, 300, 0.2, 1e-6)
     assert (resnet.crop_sizes, resnet.crop_min_scales, resnet.mlp, resnet.maps_mlp) == (
         [224], [0.08], "8192-8192-8192", "512-512-512")
-    convnext = load_config(REPO / "configs/pretrain/convnext_small_alpha0.9.yaml", {})
+    convnext = load_config(REPO / "vicregl_cli/configs/pretrain/convnext_small_alpha0.9.yaml", {})
     assert (convnext.alpha, convnext.optimizer, convnext.base_lr, convnext.weight_decay) == (
         0.9, "adamw", 7.5e-4, 0.05)
     assert (convnext.crop_sizes, convnext.crop_counts) == ([224, 96], [2, 6])
@@ -236,11 +236,11 @@ def test_every_preset_loads():
     readme = {"S": ("small", 100, 384, 7.5e-4), "B": ("base", 400, 576, 5e-4),
               "XL": ("xlarge", 400, 576, 5e-4)}  # fmt: skip
     for (letter, (size, *settings)), alpha in itertools.product(readme.items(), ("0.9", "0.75")):
-        for path in REPO.glob(f"configs/pretrain/convnext_{size}_alpha{alpha}*.yaml"):  # paper and reference
+        for path in PRESETS[0].parent.glob(f"convnext_{size}_alpha{alpha}*.yaml"):  # paper and reference
             cfg = load_config(path, {})
             assert [cfg.backbone, cfg.epochs, cfg.batch_size, cfg.base_lr] == [f"convnext_{size}", *settings]
             assert path.read_text().startswith(f"# VICRegL, ConvNeXt-{letter}, alpha {alpha} ("), path.name
-    vicreg = load_config(REPO / "configs/pretrain/vicreg_resnet50.yaml", {})
+    vicreg = load_config(REPO / "vicregl_cli/configs/pretrain/vicreg_resnet50.yaml", {})
     assert (vicreg.alpha, vicreg.cov_coeff, vicreg.epochs) == (1.0, 2.0, 1000)
 
 
@@ -363,7 +363,7 @@ def test_bad_inputs_fail_before_training(train_dir, tmp_path):
 
 def test_dry_run_prints_the_plan_without_training(train_dir, tmp_path):
     result = CliRunner().invoke(app, [
-        "pretrain", "--config", str(REPO / "configs/pretrain/demo.yaml"), "--data", str(train_dir),
+        "pretrain", "--config", "demo", "--data", str(train_dir),
         "--out", str(tmp_path / "dry"), "--batch-size", "8", "--epochs", "3", "--base-lr", "0.4", "--dry-run",
         "--crop-sizes", "64,64", "--crop-counts", "2,2", "--crop-min-scales", "0.2,0.05",
         "--crop-max-scales", "1,0.2", "--num-matches", "2,2", "--device", "cpu",

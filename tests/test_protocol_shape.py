@@ -42,6 +42,9 @@ def commands(root: Path, out: Path) -> dict[str, list[str]]:
                    "--workers", "0", "--no-cache"],
         "semi": ["semi", "--weights", str(weights), "--data", str(data), "--out", str(out / "semi"),
                  "--percent", "10", "--epochs", "1", "--batch-size", "8", *SMALL_IMAGES, "--workers", "0"],
+        "svm": ["svm", "--weights", str(weights), "--data", str(voc), "--out", str(out / "svm"),
+                *SMALL_IMAGES, "--workers", "0", "--no-cache", "--cost", "0.1,1", "--folds", "2",
+                "--jobs", "1"],
         "segment": ["segment", "--weights", str(weights), "--dataset", "voc", "--data-root", str(voc),
                     "--out", str(out / "segment"), "--lr", "0.01", "--iters", "2", "--batch-size", "2",
                     "--crop-size", "32", "--workers", "0"],
@@ -87,7 +90,9 @@ def test_every_evaluation_writes_records_of_one_schema(synthetic, tmp_path):
             assert record["metrics"] and all(isinstance(value, float) for value in record["metrics"].values())
             assert isinstance(record["params"], dict) and record["wall_time_s"] >= 0
             protocols.add(record["protocol"])
-    expected = {"knn", "linear-cached", "semi", "segment-voc-linear-frozen", "detect-voc-faster-rcnn-c4"}
+    expected = {
+        "knn", "linear-cached", "semi", "svm", "segment-voc-linear-frozen", "detect-voc-faster-rcnn-c4"
+    }  # fmt: skip
     assert expected <= protocols
     linear_runs = sorted(path.parent.name for path in (tmp_path / "linear").rglob("result.json"))
     assert linear_runs == ["cached_lr=0.1", "cached_lr=0.3", "cached_lr=1"]
@@ -118,7 +123,7 @@ def tree(folder: Path) -> list[str]:
     return sorted(str(path.relative_to(folder)) for path in folder.rglob("*"))
 
 
-SUBCOMMANDS_THAT_WRITE = ["knn", "linear", "semi", "segment", "detect", "pretrain", "synth", "report"]
+SUBCOMMANDS_THAT_WRITE = ["knn", "linear", "semi", "svm", "segment", "detect", "pretrain", "synth", "report"]
 
 
 @pytest.mark.parametrize("name", SUBCOMMANDS_THAT_WRITE)
@@ -149,7 +154,7 @@ def test_dry_run_prints_the_plan_writes_nothing_and_is_quick(synthetic, tmp_path
     assert "dry run" in result.output and "nothing was" in result.output
     assert elapsed < 10.0
     assert (tree(synthetic), tree(tmp_path)) == before
-    if name in ("knn", "linear", "semi", "segment", "detect"):
+    if name in ("knn", "linear", "semi", "svm", "segment", "detect"):
         sha256 = hashlib.sha256((synthetic / "r18.pth").read_bytes()).hexdigest()
         assert sha256 in result.output and "to do" in result.output
 
@@ -164,7 +169,7 @@ def test_slurm_dry_run_prints_the_job_and_submits_nothing(synthetic, tmp_path, m
     monkeypatch.setattr(submitit.AutoExecutor, "__init__", refuse)
     monkeypatch.setattr(submitit.AutoExecutor, "submit", refuse)
     if name == "pretrain":
-        arguments = ["pretrain", "--config", str(Path(__file__).parents[1] / "configs/pretrain/demo.yaml"),
+        arguments = ["pretrain", "--config", "demo",
                      "--data", str(synthetic / "classification" / "train"), "--out", str(tmp_path / "run")]
     else:
         arguments = commands(synthetic, tmp_path)["linear"][:-3]  # not --cached: one job per lr
@@ -184,7 +189,7 @@ def test_slurm_dry_run_prints_the_job_and_submits_nothing(synthetic, tmp_path, m
 def test_every_evaluation_has_the_same_run_options():
     shared = ["--device", "--dry-run", "--slurm", "--partition", "--nodes", "--gpus-per-node",
               "--cpus-per-task", "--time", "--account", "--qos", "--mem-gb", "--slurm-cluster"]  # fmt: skip
-    for name in ("pretrain", "knn", "linear", "semi", "segment", "detect"):
+    for name in ("pretrain", "knn", "linear", "semi", "svm", "segment", "detect"):
         output = CliRunner().invoke(app, [name, "--help"], terminal_width=300).output
         missing = [option for option in shared if option not in output]
         assert not missing, (name, missing)

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from vicregl_cli import cli
 from vicregl_cli.backbones import resolve_weights
+from vicregl_cli.commands import evaluate as evaluate_commands
 from vicregl_cli.data.readers import image_folder
 from vicregl_cli.errors import UserError
 from vicregl_cli.evaluate import semi
@@ -97,7 +98,7 @@ def test_grid_sweeps_backbone_by_head_lrs_and_the_paper_pair_stays_the_default(t
     assert (0.03, 0.08) in grid and (0.01, 0.1) in grid  # both paper pairs are grid points
     assert pairs(percent=10, grid=True, lrs_head=(0.5,)) == [(b, 0.5) for b in semi.GRID_BACKBONE]
     captured = []
-    monkeypatch.setattr(cli, "run_protocol", lambda protocol, config, *rest: captured.append(config))
+    monkeypatch.setattr(evaluate_commands, "run_protocol", lambda _, config, *rest: captured.append(config))
     command = ["semi", "--weights", "random", "--backbone", "resnet18", "--data", str(tmp_path / "data"),
                "--out", str(tmp_path / "out"), "--percent", "1"]  # fmt: skip
     for flags in ([], ["--grid"]):

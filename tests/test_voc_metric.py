@@ -53,7 +53,7 @@ def devkit_ap(lines: list[str], annotations: Annotations, name: str, threshold: 
     rows = [line.split() for line in lines]
     scores = np.array([float(row[1]) for row in rows])
     hits = []
-    for index in np.argsort(-scores, kind="stable"):
+    for index in np.argsort(-scores):  # voc_eval.py: sorted_ind = np.argsort(-confidence)
         image, box = rows[index][0], np.array([float(value) for value in rows[index][2:]])
         boxes, hard = truth[image]
         best, overlap = -1, -np.inf
@@ -204,13 +204,15 @@ HAND_DETECTIONS = {  # (class, 1-based box, score); IoU with the object in the c
 }  # fmt: skip
 
 
-def _random_set(seed: int) -> tuple[Annotations, dict[str, list]]:
+def _random_set(seed: int, tied_scores: bool = False) -> tuple[Annotations, dict[str, list]]:
     """40 images of 5 classes: integer 1-based objects (15 % difficult); detections = jittered copies in half
-    pixels (some duplicated, some with the wrong class) + stray boxes; distinct 3-decimal scores."""
+    pixels (some duplicated, some with the wrong class) + stray boxes; distinct 3-decimal scores, or with
+    `tied_scores` only 5 score values (many ties, ranked by the devkit's unstable sort)."""
     rng = np.random.default_rng(seed)
     names = [*CLASSES, "car"]
     annotations, detections = {}, {}
-    scores = iter(rng.permutation(np.arange(1, 1000)) / 1000)
+    values = rng.choice([0.1, 0.3, 0.5, 0.7, 0.9], size=999) if tied_scores else np.arange(1, 1000) / 1000
+    scores = iter(rng.permutation(values))
     for image in range(40):
         image_id = f"{image:06d}"
         objects = []
@@ -236,12 +238,12 @@ def _random_set(seed: int) -> tuple[Annotations, dict[str, list]]:
     return annotations, detections
 
 
-@pytest.mark.parametrize("case", ["hand-made", "random"])
+@pytest.mark.parametrize("case", ["hand-made", "random", "random-tied"])
 def test_voc_eval_equals_the_devkit_definition(tmp_path, case):
     if case == "hand-made":
         annotations, detections, names = HAND_TRUTH, HAND_DETECTIONS, CLASSES
     else:
-        (annotations, detections), names = _random_set(seed=0), [*CLASSES, "car"]
+        (annotations, detections), names = _random_set(0, case == "random-tied"), [*CLASSES, "car"]
     ids, truths, dets = ours(annotations, detections, names)
     expected = voc_metrics(dets, truths, len(names))
     write_voc_results(tmp_path, ids, dets, names)

@@ -9,6 +9,7 @@ import typer
 from vicregl_cli import commands
 from vicregl_cli.commands.app import app
 from vicregl_cli.errors import UserError
+from vicregl_cli.interrupts import TrainingInterrupted
 
 HELP_ORDER = ("pretrain", "evaluate", "svm", "transfer", "export", "matches", "tools", "presets")
 
@@ -24,12 +25,16 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
-    """Console entry point: bad user input prints one clear line and exits 1, without a traceback."""
+    """Console entry point: bad user input prints one clear line and exits 1, a run stopped by a signal
+    (checkpoint saved) says how to resume and exits 128 + the signal number; no traceback for either."""
     try:
         app()
     except UserError as error:
         typer.echo(f"error: {error}", err=True)
         raise SystemExit(1) from None
+    except TrainingInterrupted as stopped:  # pretraining or a detection run saved its checkpoint
+        typer.echo(str(stopped), err=True)
+        raise SystemExit(128 + stopped.signum) from None
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from torch import Tensor
 
 from vicregl_cli.errors import UserError
 
+SPECIAL_STEP_IDS = 0xFFFFFFF0  # Slurm's batch / extern / interactive / pending steps: not started by srun
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -92,12 +94,41 @@ def _split_top_level(nodelist: str) -> list[str]:
     return groups
 
 
+def _srun_step_id(environ: Mapping[str, str]) -> int | None:
+    """The id of the srun step this process runs in, or None: srun sets SLURM_STEP_ID (and the older
+    SLURM_STEPID) in each task it starts; a batch script, an salloc shell and the extern step have no srun
+    step (Slurm's special step ids, 0xfffffff0 and up, are treated as none)."""
+    text = environ.get("SLURM_STEP_ID", environ.get("SLURM_STEPID", ""))
+    if not text.isdigit() or int(text) >= SPECIAL_STEP_IDS:
+        return None
+    return int(text)
+
+
+def slurm_tasks(environ: Mapping[str, str]) -> int:
+    """How many processes this SLURM step runs (1 outside SLURM). Inside an srun step: the step's task count
+    (SLURM_STEP_NUM_TASKS, else SLURM_NTASKS). Outside one, an allocation of several tasks means a batch
+    script or salloc shell ran the command without srun: only this one process exists, so waiting for the
+    others would hang forever; that is a UserError saying how to launch instead."""
+    if _srun_step_id(environ) is not None:
+        return int(environ.get("SLURM_STEP_NUM_TASKS", environ.get("SLURM_NTASKS", "1")))
+    allocated = int(environ.get("SLURM_NTASKS", environ.get("SLURM_NPROCS", "1")))
+    if allocated > 1:
+        raise UserError(
+            f"SLURM allocated {allocated} tasks (SLURM_NTASKS={allocated}) but this process was not started "
+            "by srun (no SLURM_STEP_ID), so the other ranks would never start: launch one process per task "
+            "with `srun vicregl ...`, or one per node with `srun --ntasks-per-node 1 torchrun "
+            "--nproc-per-node GPUS ...`, or request --ntasks 1 for a single process"
+        )
+    return 1
+
+
 def read_launch_env(environ: Mapping[str, str]) -> LaunchEnv:
     """Ranks, world size and rendezvous address from torchrun's variables, else SLURM's, else one process.
 
     torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT. Under `srun` (one task per
-    GPU, as submitit launches) SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID give the ranks, the first host of
-    SLURM_JOB_NODELIST is the rendezvous address and the port is MASTER_PORT or 20000 + job id mod 20000.
+    GPU, as submitit launches) SLURM_PROCID / the step's task count (slurm_tasks) / SLURM_LOCALID give the
+    ranks, the first host of SLURM_JOB_NODELIST is the rendezvous address and the port is MASTER_PORT or
+    20000 + job id mod 20000. A multi-task allocation entered without srun is a UserError (slurm_tasks).
     """
     if "RANK" in environ or "WORLD_SIZE" in environ:
         missing = [name for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if name not in environ]
@@ -114,12 +145,13 @@ def read_launch_env(environ: Mapping[str, str]) -> LaunchEnv:
             master_port=int(environ.get("MASTER_PORT", "29500")),
             launcher="torchrun",
         )
-    if "SLURM_PROCID" in environ and int(environ.get("SLURM_NTASKS", "1")) > 1:
+    tasks = slurm_tasks(environ)
+    if tasks > 1:
         job_id = int(environ.get("SLURM_JOB_ID", "0"))
         return LaunchEnv(
             rank=int(environ["SLURM_PROCID"]),
             local_rank=int(environ.get("SLURM_LOCALID", "0")),
-            world_size=int(environ["SLURM_NTASKS"]),
+            world_size=tasks,
             master_addr=environ.get("MASTER_ADDR") or first_slurm_host(environ.get("SLURM_JOB_NODELIST", "")),
             master_port=int(environ.get("MASTER_PORT", str(20000 + job_id % 20000))),
             launcher="slurm",

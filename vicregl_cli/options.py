@@ -13,6 +13,9 @@ from vicregl_cli.errors import UserError
 CLUSTERS = ("slurm", "local")
 
 
+SIGNAL_DELAY_S = 120  # requeued jobs get SIGUSR2 this long before the time limit: time to save a checkpoint
+MAX_REQUEUES = 30  # time-limit requeues of a job that resumes (pretraining, detection)
+
 @dataclass(frozen=True)
 class SlurmOptions:
     """One SLURM job's resources; cluster "local" runs the job through submitit's local executor instead."""

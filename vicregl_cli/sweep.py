@@ -4,6 +4,7 @@ sequence or one SLURM job per point (submitit), and the only writer of result.js
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import sys
 import time
@@ -18,7 +19,14 @@ from rich.table import Table
 
 from vicregl_cli.errors import UserError
 from vicregl_cli.files import write_json_atomic
-from vicregl_cli.options import RunOptions, SlurmOptions, executor_parameters, make_executor
+from vicregl_cli.options import (
+    MAX_REQUEUES,
+    SIGNAL_DELAY_S,
+    RunOptions,
+    SlurmOptions,
+    executor_parameters,
+    make_executor,
+)
 from vicregl_cli.report import (
     RESULT_FILE,
     SUMMARY_FILE,
@@ -33,6 +41,11 @@ if TYPE_CHECKING:
     from vicregl_cli.backbones.weights import WeightsRef
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9._=+-]+$")
+JOBS_FILE = "slurm_jobs.json"  # OUT/slurm_jobs.json: {point name: {job_id, cluster, logs, submitted}}
+ACTIVE_STATES = frozenset(  # sacct states of a job that may still write its result.json
+    {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
+     "SUSPENDED", "PREEMPTED", "SIGNALING", "STAGE_OUT"}
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -110,17 +123,41 @@ def _record(run: SweepPoint, metrics: dict, wall_time_s: float) -> dict:
 
 
 def execute_point(run_point: RunPoint, point: SweepPoint) -> list[dict]:
-    """Run one point and write the result.json of each of its runs (main process only): one sequential step
-    or one SLURM job."""
+    """Run one point and write the result.json of each of its runs, and its final metrics as `metrics/<name>`
+    TensorBoard scalars in RUN/tb (main process only): one sequential step or one SLURM job."""
     started = time.perf_counter()
     outcome = run_point(point)
     wall_time_s = time.perf_counter() - started
     per_run = outcome if point.members else {point.name: outcome}
     records = [_record(run, per_run[run.name], wall_time_s) for run in point.runs]
     if _is_main_process():
+        from vicregl_cli.tensorboard import log_metrics  # torch + tensorboard: kept out of the sweep imports
+
         for run, record in zip(point.runs, records, strict=True):
+            log_metrics(run.folder, record["metrics"])
             write_json_atomic(run.folder / RESULT_FILE, record)
     return records
+
+
+@dataclass(frozen=True)
+class PointJob:
+    """What one SLURM job runs: a point. For a protocol whose run_point resumes from its run folder
+    (`RESUMES = True`: detection), checkpoint() makes submitit requeue the same job on pre-emption or at the
+    time limit (after the run saved its checkpoint on SIGUSR2); other points are not requeued."""
+
+    run_point: RunPoint
+    point: SweepPoint
+    resumes: bool = False
+
+    def __call__(self) -> list[dict]:
+        return execute_point(self.run_point, self.point)
+
+    def checkpoint(self) -> Any:
+        if not self.resumes:
+            return None
+        import submitit  # optional: only --slurm submits PointJobs
+
+        return submitit.helpers.DelayedSubmission(self)
 
 
 def _placed(points: list[SweepPoint], out_dir: Path) -> list[SweepPoint]:
@@ -144,6 +181,52 @@ def _pending(points: list[SweepPoint]) -> list[SweepPoint]:
     return pending
 
 
+def _job_records(out_dir: Path) -> dict[str, dict]:
+    """OUT/slurm_jobs.json, or nothing yet."""
+    file = out_dir / JOBS_FILE
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+def _slurm_states(records: dict[str, dict]) -> dict[str, str]:
+    """{job id: sacct state} of recorded SLURM jobs, from one sacct call (submitit's watcher); UNKNOWN when
+    sacct no longer knows a job."""
+    import submitit  # optional: records exist only where --slurm submitted
+
+    jobs = [submitit.SlurmJob(folder=record["logs"], job_id=record["job_id"]) for record in records.values()]
+    submitit.SlurmJob.watcher.update()
+    return {job.job_id: job.watcher.get_state(job.job_id, mode="cache").split(" ")[0].upper() for job in jobs}
+
+
+def _still_queued(out_dir: Path, pending: list[SweepPoint]) -> dict[str, str]:
+    """{point name: 'job ID STATE'} of the pending points whose recorded SLURM job is still queued or
+    running: a re-run must not submit (or run) them again."""
+    recorded = _job_records(out_dir)
+    records = {point.name: recorded[point.name] for point in pending
+               if recorded.get(point.name, {}).get("cluster") == "slurm"}  # fmt: skip
+    if not records:
+        return {}
+    states = _slurm_states(records)
+    queued = {}
+    for name, record in records.items():
+        state = states[record["job_id"]]
+        if state in ACTIVE_STATES:
+            queued[name] = f"job {record['job_id']} {state}"
+        elif state == "UNKNOWN":
+            print(f"{name}: sacct does not know job {record['job_id']} any more: running it again",
+                  file=sys.stderr)  # fmt: skip
+    return queued
+
+
+def _record_jobs(out_dir: Path, submitted: list[tuple[SweepPoint, Any]], slurm: SlurmOptions) -> None:
+    """Add each submitted point's job to OUT/slurm_jobs.json (before waiting for any), for re-runs."""
+    records = _job_records(out_dir)
+    logs = str(slurm.folder or out_dir / "slurm" / "%j")
+    for point, job in submitted:
+        records[point.name] = {"job_id": str(job.job_id), "cluster": slurm.cluster, "logs": logs,
+                               "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
+    write_json_atomic(out_dir / JOBS_FILE, records)
+
+
 def run_sweep(
     points: list[SweepPoint],
     run_point: RunPoint,
@@ -152,27 +235,33 @@ def run_sweep(
     title: str,
     metric: str | None,
     options: RunOptions | None = None,
+    resumes: bool = False,
 ) -> list[dict]:
     """Run every unfinished point (in order, or one submitit job each), then write summary.json and print
-    the table with the best row (by `metric`) marked. `--dry-run` prints the plan and runs nothing. Returns
-    the records of every run, in the order of `points`."""
+    the table with the best row (by `metric`) marked. Points whose SLURM job (recorded in OUT/slurm_jobs.json
+    by an earlier run) is still queued or running are skipped. `--dry-run` prints the plan and runs nothing.
+    Returns the records of every finished run, in the order of `points`."""
     options = options or RunOptions()
     check_points(points)
     out_dir = Path(out_dir)
     points = _placed(points, out_dir)
-    pending = _pending(points)
+    queued = _still_queued(out_dir, _pending(points))
+    pending = [point for point in _pending(points) if point.name not in queued]
     if options.dry_run:
-        print_plan(points, pending, title, options.slurm, out_dir)
+        print_plan(points, pending, title, options.slurm, out_dir, queued)
         return []
     finished = [run.name for point in points for run in point.runs if (run.folder / RESULT_FILE).is_file()]
     if finished:
         print(f"{title}: skipping {len(finished)} finished run(s): {finished}", file=sys.stderr)
+    if queued:
+        print(f"{title}: skipping {len(queued)} point(s) whose SLURM job is still queued or running "
+              f"(re-run later to collect): {queued}", file=sys.stderr)  # fmt: skip
     failures: list[str] = []
     if options.slurm is None:
         for point in pending:
             execute_point(run_point, point)
     elif pending:
-        failures = _run_on_slurm(out_dir, pending, run_point, options.slurm, title)
+        failures = _run_on_slurm(out_dir, pending, run_point, options.slurm, title, resumes)
     distributed = sys.modules.get("torch.distributed")
     if distributed is not None and distributed.is_initialized():  # torchrun: rank 0 wrote every result
         distributed.barrier()
@@ -193,23 +282,28 @@ def run_protocol(
     protocol: ModuleType, config: Any, weights: WeightsRef, out_dir: Path, options: RunOptions | None = None
 ) -> list[dict]:
     """Every evaluation's path: `protocol.plan(config, weights)` checks everything and returns the points,
-    then run_sweep runs `protocol.run_point` on them, ranking by `protocol.METRIC`."""
+    then run_sweep runs `protocol.run_point` on them, ranking by `protocol.METRIC` (SLURM jobs requeued
+    when the protocol `RESUMES`)."""
     points = protocol.plan(config, weights)
     return run_sweep(
         points, protocol.run_point, out_dir=out_dir, title=points[0].protocol, metric=protocol.METRIC,
-        options=options,
+        options=options, resumes=getattr(protocol, "RESUMES", False),
     )  # fmt: skip
 
 
 def _run_on_slurm(
-    out_dir: Path, pending: list[SweepPoint], run_point: RunPoint, slurm: SlurmOptions, title: str
+    out_dir: Path, pending: list[SweepPoint], run_point: RunPoint, slurm: SlurmOptions, title: str,
+    resumes: bool = False,
 ) -> list[str]:
-    """Submit one job per pending point, wait for all; return a line per failed job (its error and logs)."""
-    executor = make_executor(slurm, out_dir / "slurm" / "%j", title)
+    """Submit one job per pending point, wait for all; return a line per failed job (its error and logs).
+    Resuming points get pretraining's requeue settings (SIGUSR2 ahead of the time limit, bounded requeues)."""
+    requeue = {"max_requeues": MAX_REQUEUES, "slurm_signal_delay_s": SIGNAL_DELAY_S} if resumes else {}
+    executor = make_executor(slurm, out_dir / "slurm" / "%j", title, **requeue)
     jobs = []
     with executor.batch():
         for point in pending:
-            jobs.append(executor.submit(execute_point, run_point, point))
+            jobs.append(executor.submit(PointJob(run_point, point, resumes)))
+    _record_jobs(out_dir, list(zip(pending, jobs, strict=True)), slurm)
     print(f"{title}: submitted {len(jobs)} job(s): {[job.job_id for job in jobs]}", file=sys.stderr)
     failures = []
     for point, job in zip(pending, jobs, strict=True):
@@ -221,10 +315,17 @@ def _run_on_slurm(
 
 
 def print_plan(
-    points: list[SweepPoint], pending: list[SweepPoint], title: str, slurm: SlurmOptions | None, out_dir: Path
+    points: list[SweepPoint],
+    pending: list[SweepPoint],
+    title: str,
+    slurm: SlurmOptions | None,
+    out_dir: Path,
+    queued: dict[str, str] | None = None,
 ) -> None:
     """`--dry-run`: the weights (with sha256), the dataset, every point with its params, what would be
-    skipped, and the SLURM job that would be submitted per point. Writes and submits nothing."""
+    skipped (finished, or its SLURM job still queued), and the SLURM job that would be submitted per point.
+    Writes and submits nothing."""
+    queued = queued or {}
     console = Console() if Console().is_terminal else Console(width=200)
     runs = [run for point in points for run in point.runs]
     todo = {run.name for point in pending for run in point.runs}
@@ -246,6 +347,8 @@ def print_plan(
             params = " ".join(f"{key}={value}" for key, value in run.params.items())
             together = f" (with {len(point.members)} runs in one job)" if point.members else ""
             status = "to do" if run.name in todo else "finished (skipped)"
+            if point.name in queued:
+                status = f"{queued[point.name]} (skipped)"
             table.add_row(run.name, run.protocol, status + together, params)
     console.print(table)
     if slurm is not None:

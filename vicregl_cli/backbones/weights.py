@@ -1,12 +1,11 @@
-"""Weight files: the one reader for every accepted format, the strict loader, the writer, and `WeightsRef`,
-the resolved `--weights` that every protocol, export and results record takes (the file read once)."""
+"""Weight files: the one reader for every accepted format, the strict loader, our own writer, and
+`WeightsRef`, the resolved `--weights` that every protocol, export and results record takes (the file read
+once). The writers into other code bases' layouts are in vicregl_cli/export.py."""
 
 from __future__ import annotations
 
 import hashlib
 import io
-import os
-import shutil
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -277,22 +276,3 @@ def weights_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def export_prefixed(
-    path: str | Path, state: Mapping[str, Tensor], prefix: str = "backbone.", reuse: Path | None = None
-) -> Path:
-    """Save `state` with `prefix` on each key as a plain state dict (what mmengine's Pretrained init reads),
-    atomically (torchrun ranks write it too); a hard link to (or copy of) `reuse`, an earlier export of the
-    same state, instead when that file exists."""
-
-    def write(temporary: Path) -> None:
-        if reuse is not None and reuse.is_file():
-            try:
-                os.link(reuse, temporary)
-            except OSError:  # another file system, or links not allowed: a copy
-                shutil.copyfile(reuse, temporary)
-        else:
-            torch.save({f"{prefix}{key}": value.detach().cpu() for key, value in state.items()}, temporary)
-
-    return write_atomic(path, write)

@@ -6,12 +6,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 import typer
+from typer.core import TyperCommand
 
 from vicregl_cli.backbones import resolve_weights
 from vicregl_cli.cli_options import with_feature_options, with_run_options
 from vicregl_cli.commands.app import BACKBONE_HELP, EXTRA_ARGS, WEIGHTS_HELP, app
 from vicregl_cli.evaluate import knn as knn_protocol
 from vicregl_cli.evaluate import linear as linear_protocol
+from vicregl_cli.evaluate import linear_presets
 from vicregl_cli.evaluate import semi as semi_protocol
 from vicregl_cli.options import FeatureOptions, RunOptions
 from vicregl_cli.sweep import parse_grid, run_protocol
@@ -45,19 +47,53 @@ def knn(
     run_protocol(knn_protocol, config, resolve_weights(weights, backbone, seed), out, run)
 
 
-@app.command(context_settings=EXTRA_ARGS)
+def greedy_options(*names: str) -> type[TyperCommand]:
+    """A command class whose options `names` take every value that follows them: `--milestones 4 8 12`
+    is read as `--milestones 4 --milestones 8 --milestones 12` (click options take one value each, and
+    two multi-value options cannot share the command's extra arguments)."""
+
+    class GreedyCommand(TyperCommand):
+        def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+            spread, option, taken = [], None, False
+            for token in args:
+                if token.startswith("--"):
+                    option, taken = (token if token in names else None), False
+                elif option is not None and taken:
+                    spread.append(option)
+                else:
+                    taken = True
+                spread.append(token)
+            return super().parse_args(ctx, spread)
+
+    return GreedyCommand
+
+
+@app.command(cls=greedy_options("--lr", "--milestones"))
 @with_run_options()
 @with_feature_options()
 def linear(
-    ctx: typer.Context,
     weights: str = typer.Option(..., help=WEIGHTS_HELP),
-    data: Path = typer.Option(..., help="Root holding train/ and val/ in ImageFolder layout"),
+    data: Path = typer.Option(..., help="Dataset root: train/, val/ (ImageFolder) or the --dataset layout"),
     out: Path = typer.Option(..., help="Sweep folder: one run folder per lr (result.json), summary.json"),
     backbone: str = typer.Option(None, help=BACKBONE_HELP),
-    lr: list[str] = typer.Option(None, "--lr", help="lr grid (default: 30 10 1 0.3 0.1 0.03 0.02 0.01)"),
-    epochs: int = typer.Option(100),
-    batch_size: int = typer.Option(256, help="Total batch size over all processes"),
-    weight_decay: float = typer.Option(1e-6),
+    preset: str = typer.Option(None, help="imagenet (default), places205 or inat18 (VICReg B.3): the "
+                               "dataset reader and optimiser settings; every flag given explicitly beats it"),
+    dataset: str = typer.Option(None, help="Reader: imagefolder (train/ val/), places205 (list files), "
+                                "inat18 (train2018.json, val2018.json); default: the preset's"),
+    train_list: Path = typer.Option(None, help="places205: train list instead of "
+                                    "DATA/trainvalsplit_places205/train_places205.csv"),
+    val_list: Path = typer.Option(None, help="places205: val list instead of "
+                                  "DATA/trainvalsplit_places205/val_places205.csv"),
+    lr: list[str] = typer.Option(None, "--lr", help="lr grid (default imagenet: 30 10 1 0.3 0.1 0.03 0.02 "
+                                 "0.01; places205: 0.003; inat18: 0.005)"),
+    epochs: int = typer.Option(None, help="Default imagenet 100, places205 28, inat18 84"),
+    batch_size: int = typer.Option(None, help="Total batch size over all processes (default 256)"),
+    weight_decay: float = typer.Option(None, help="Default imagenet 1e-6, places205 / inat18 1e-4"),
+    schedule: str = typer.Option(None, help="cosine (per epoch, to 0) or step (x --gamma at each of "
+                                 "--milestones); default: the preset's (imagenet cosine, others step)"),
+    milestones: list[str] = typer.Option(None, "--milestones", help="Epochs of the step decays: 4 8 12 or "
+                                         "4,8,12 (places205: 4 8 12; inat18: 24 48 72)"),
+    gamma: float = typer.Option(None, help="Step decay factor (default 0.1)"),
     cached: bool = typer.Option(False, "--cached", help="Deviation: train every lr at once on cached "
                                 "centre-crop features (no augmentation)"),
     min_scale: float = typer.Option(0.08, help="RandomResizedCrop minimum scale (reference code 0.08)"),
@@ -66,11 +102,16 @@ def linear(
     features: FeatureOptions,
     run: RunOptions,
 ) -> None:
-    """Linear probe on frozen features, with a learning-rate sweep (or --cached: all lrs at once)."""
+    """Linear probe on frozen features, with a learning-rate sweep (or --cached: all lrs at once); presets
+    for the ImageNet protocol and VICReg's Places205 / iNaturalist 2018 transfers."""
+    settings = linear_presets.preset_settings(
+        preset, dataset=dataset, lrs=tuple(parse_grid(lr, "--lr")) or None, epochs=epochs,
+        batch_size=batch_size, weight_decay=weight_decay, schedule=schedule,
+        milestones=tuple(parse_grid(milestones, "--milestones", int)) or None, gamma=gamma,
+    )  # fmt: skip
     config = linear_protocol.LinearConfig(
-        data=data, lrs=tuple(parse_grid([*(lr or []), *ctx.args], "--lr") or linear_protocol.DEFAULT_LRS),
-        epochs=epochs, batch_size=batch_size, weight_decay=weight_decay, min_scale=min_scale, cached=cached,
-        seed=seed, device=run.device, **asdict(features),
+        data=data, preset=preset or "imagenet", train_list=train_list, val_list=val_list, min_scale=min_scale,
+        cached=cached, seed=seed, device=run.device, **settings, **asdict(features),
     )  # fmt: skip
     run_protocol(linear_protocol, config, resolve_weights(weights, backbone, seed), out, run)
 

@@ -54,21 +54,34 @@ def backbones() -> None:
 
 @app.command()
 def report(
-    paths: list[Path] = typer.Argument(..., help="result.json / summary.json files, or folders to search"),
+    paths: list[Path] = typer.Argument(..., help="result / summary / stats.jsonl files, or folders"),
     format: str = typer.Option("table", "--format", help="table (rich), md (markdown) or csv"),
     metric: str = typer.Option(None, help="Metric that picks the best row (default: each record's first)"),
     title: str = typer.Option("results", help="Table title"),
     output: Path = typer.Option(None, help="Write md / csv here instead of printing it"),
+    plots: Path = typer.Option(None, "--plots", help="Also write PNG figures into this folder: training "
+                               "curves of every stats.jsonl found, metric against lr per swept protocol"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Read the records, print what would be shown"),
 ) -> None:
-    """Print or export the results of finished evaluation runs (the best row marked)."""
+    """Print or export the results of finished evaluation runs (the best row marked); --plots DIR: figures."""
     if format not in ("table", "md", "csv"):
         raise UserError(f"--format must be table, md or csv, got {format!r}")
-    records = read_results(paths)
+    stats: dict[str, Path] = {}
+    if plots is not None:
+        from vicregl_cli.plots import split_inputs, write_plots  # matplotlib: only when figures are asked for
+
+        paths, stats = split_inputs(paths)
+    records = read_results(paths) if paths else []
     metric = metric or default_metric(records)
     if dry_run:
+        figures = f"; figures of {len(stats)} stats.jsonl file(s) and sweeps into {plots}" if plots else ""
         typer.echo(f"would show {len(records)} record(s) ranked by {metric} as {format}"
-                   + (f" into {output}" if output else "") + "; dry run: nothing was written")
+                   + (f" into {output}" if output else "") + figures + "; dry run: nothing was written")
+        return
+    if plots is not None:
+        for figure in write_plots(records, stats, metric, plots):
+            typer.echo(f"wrote {figure}", err=True)
+    if not records:
         return
     if format == "table":
         print_table(records, metric, title)

@@ -15,6 +15,7 @@ from vicregl_cli.options import RunOptions
 from vicregl_cli.sweep import parse_grid, run_protocol
 from vicregl_cli.transfer import detect as detect_protocol
 from vicregl_cli.transfer import segment as segmentation
+from vicregl_cli.transfer.detect import visible_gpus
 from vicregl_cli.transfer.detectron2_run import launch_command
 from vicregl_cli.transfer.segment_plan import SegmentSettings
 from vicregl_cli.transfer.tv_detection import DetectionSettings
@@ -87,7 +88,8 @@ def detect(
     iters: int = typer.Option(None, help="Iterations (24k VOC, 90k COCO); lr steps scale with it"),
     batch_size: int = typer.Option(16, help="Images per iteration, all GPUs together"),
     export_only: bool = typer.Option(False, "--export-only", help="Write backbone.pkl + config only"),
-    num_gpus: int = typer.Option(8, help="detectron2: GPUs per machine for the launcher"),
+    num_gpus: int = typer.Option(None, help="detectron2: GPUs per machine (default: the GPUs visible)"),
+    frozen: bool = typer.Option(False, "--frozen", help="Linear Det.: backbone + res5 frozen (VOC C4 only)"),
     min_sizes: str = typer.Option(None, help="torchvision: train shorter sides, e.g. 480,512,...,800 (auto)"),
     test_size: int = typer.Option(None, help="torchvision: test shorter side (800; auto)"),
     max_size: int = typer.Option(None, help="torchvision: longer-side cap (default 1333)"),
@@ -97,21 +99,26 @@ def detect(
     proposals_test: int = typer.Option(None, help="torchvision: proposals kept after NMS, test (1000)"),
     precise_bn_iters: int = typer.Option(200, help="torchvision: PreciseBN batches before evaluation"),
     workers: int = typer.Option(2, help="torchvision: data-loading processes"),
+    checkpoint_every: int = typer.Option(1000, help="torchvision: iterations between checkpoints (resumed)"),
     seed: int = typer.Option(0, help="Random init; torchvision: head init, batch order and flip seed"),
     *,
     run: RunOptions,
 ) -> None:
-    """Object detection transfer (Faster R-CNN C4) on detectron2 or the embedded torchvision engine."""
+    """Object detection transfer (Faster R-CNN C4 on VOC, Mask R-CNN FPN on COCO) on detectron2 or the
+    embedded torchvision engine."""
     settings = DetectionSettings(
         min_sizes=tuple(parse_grid([min_sizes] if min_sizes else [], "--min-sizes", int)) or None,
         test_size=test_size, max_size=max_size, rois_per_image=rois_per_image,
         rpn_batch_per_image=rpn_batch_per_image, proposals_train=proposals_train,
         proposals_test=proposals_test, precise_bn_iters=precise_bn_iters, workers=workers, seed=seed,
+        checkpoint_every=checkpoint_every,
     )  # fmt: skip
+    if num_gpus is None and run.slurm is not None:  # the job's GPUs, not this machine's
+        num_gpus = run.slurm.gpus_per_node
     config = detect_protocol.DetectConfig(
         dataset=dataset, data_root=data_root, engine=engine,
         lrs=tuple(parse_grid([*(lr or []), *ctx.args], "--lr")) or None, iters=iters, batch_size=batch_size,
-        num_gpus=num_gpus, settings=settings, device=run.device,
+        num_gpus=num_gpus, settings=settings, device=run.device, frozen=frozen,
     )  # fmt: skip
     resolved = resolve_weights(weights, backbone, seed)
     if export_only and run.slurm is not None:
@@ -121,4 +128,4 @@ def detect(
         return
     result = detect_protocol.export(config, resolved, out)
     typer.echo(f"wrote {result.weights} ({result.num_tensors} tensors) and {result.config}")
-    typer.echo("train: " + " ".join(launch_command(result.config, num_gpus)))
+    typer.echo("train: " + " ".join(launch_command(result.config, num_gpus or visible_gpus())))

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vicregl_cli.data.readers import parse_voc_xml
 from vicregl_cli.data.scenes import (
     CLASS_NAMES,
     OBJECT_CENTRIC,
@@ -22,6 +23,7 @@ from vicregl_cli.data.scenes import (
     boundary_band,
     render_scene,
 )
+from vicregl_cli.data.synthetic_coco import write_coco_layout
 from vicregl_cli.errors import UserError
 from vicregl_cli.progress import track
 
@@ -145,6 +147,25 @@ def _make_folders(out: Path) -> None:
     (voc / "ImageSets" / "Main").mkdir()
 
 
+CLASSIFICATION_SPLITS = {"train": "trainval", "val": "test"}  # VOC07 classification split of each split
+
+
+def write_classification_lists(voc: Path, counts: dict[str, int]) -> None:
+    """`ImageSets/Main/<class>_{trainval,test}.txt` as the VOC devkit writes them ("<id> -1" absent, "<id>  1"
+    present among the annotated objects; never 0, as no object is difficult) and `{trainval,test}.txt`:
+    train is trainval, val is test (`vicregl svm`)."""
+    main = voc / "ImageSets" / "Main"
+    for split, name in CLASSIFICATION_SPLITS.items():
+        ids = [image_id(split, index) for index in range(counts[split])]
+        annotations = [parse_voc_xml(voc / "Annotations" / f"{i}.xml", CLASS_NAMES) for i in ids]
+        present = [set(annotation.labels.tolist()) for annotation in annotations]
+        (main / f"{name}.txt").write_text("".join(f"{i}\n" for i in ids))
+        for index, class_name in enumerate(CLASS_NAMES):
+            flags = [1 if index in classes else -1 for classes in present]
+            lines = "".join(f"{i} {flag:2d}\n" for i, flag in zip(ids, flags, strict=True))
+            (main / f"{class_name}_{name}.txt").write_text(lines)
+
+
 def generate(
     out: Path, num_train: int, num_val: int, image_size: int = 96, seed: int = 0, workers: int = 2
 ) -> None:
@@ -171,3 +192,5 @@ def generate(
         listing = "".join(f"{image_id(split, index)}\n" for index in range(counts[split]))
         for sub in ("Segmentation", "Main"):
             (voc / "ImageSets" / sub / f"{split}.txt").write_text(listing)
+    write_classification_lists(voc, counts)
+    write_coco_layout(out, counts, seed, image_size)

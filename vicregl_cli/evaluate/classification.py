@@ -1,4 +1,4 @@
-"""What the linear probe and semi-supervised fine-tuning share: the two image folders, the VICReg head, the
+"""What the linear probe and semi-supervised fine-tuning share: the two splits, the VICReg head, the
 per-epoch cosine, the best-accuracy bookkeeping, the seeded sharded loader and the DDP wrapper."""
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
+from vicregl_cli.data.inat import read_inat18
+from vicregl_cli.data.lists import LabelledImages
+from vicregl_cli.data.places205 import read_places205
 from vicregl_cli.data.readers import ImageFolderDataset, check_same_classes, image_folder
 from vicregl_cli.distributed import world_size
 from vicregl_cli.errors import UserError
@@ -21,8 +24,24 @@ HEAD_INIT_STD = 0.01
 EVAL_CHUNK = 4096
 
 
-def open_datasets(data: Path, train_transform: Any, val_transform: Any) -> tuple[ImageFolderDataset, ...]:
-    """`data/train` and `data/val` as image folders, val indexed by train's classes (UserError for others)."""
+def open_datasets(
+    data: Path,
+    train_transform: Any,
+    val_transform: Any,
+    *,
+    layout: str = "imagefolder",
+    train_list: Path | None = None,
+    val_list: Path | None = None,
+) -> tuple[ImageFolderDataset | LabelledImages, ...]:
+    """The train and val splits under `data` in `layout`: "imagefolder" (`data/train`, `data/val`, val
+    indexed by train's classes), "places205" (list files, which `train_list` / `val_list` may replace) or
+    "inat18" (train2018.json / val2018.json). Layout errors raise a UserError before any image is read."""
+    if (train_list or val_list) and layout != "places205":
+        raise UserError("--train-list / --val-list apply to the places205 layout only")
+    if layout == "places205":
+        return read_places205(data, train_transform, val_transform, train_list=train_list, val_list=val_list)
+    if layout == "inat18":
+        return read_inat18(data, train_transform, val_transform)
     train_set = image_folder(Path(data) / "train", train_transform)
     val_set = image_folder(Path(data) / "val", val_transform)
     check_same_classes(train_set, val_set)

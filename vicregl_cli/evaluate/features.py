@@ -10,6 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
@@ -149,8 +150,24 @@ def extract_features(
     return local.cpu()
 
 
-def dataset_fingerprint(dataset: Dataset) -> dict:
-    """The file list (relative paths, sizes, labels) and classes: what makes two datasets the same."""
+class ImageSamples(Protocol):
+    """What extraction and its cache need of a dataset: items (image tensor, label), an image `root`,
+    (path, label) `samples` under it, `targets` and `classes`. The ImageFolder reader and the list-file
+    readers (Places205, iNaturalist 2018: vicregl_cli.data.lists.LabelledImages) both provide it."""
+
+    root: str | Path
+    samples: list[tuple[str | Path, int]]
+    targets: list[int]
+    classes: list[str]
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]: ...
+
+
+def dataset_fingerprint(dataset: ImageSamples) -> dict:
+    """The file list (paths relative to the root, sizes, labels) and classes: what makes two datasets the
+    same."""
     root = Path(dataset.root)
     files = [
         [str(Path(path).relative_to(root)), Path(path).stat().st_size, label]
@@ -195,14 +212,14 @@ class FeatureExtractor:
                 seed=self.seed,
             )
 
-    def cache_path(self, dataset: Dataset) -> Path | None:
+    def cache_path(self, dataset: ImageSamples) -> Path | None:
         if self.cache_dir is None:
             return None
         key = {"format": CACHE_FORMAT, **self.identity, "dataset": dataset_fingerprint(dataset)}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
         return Path(self.cache_dir) / f"{self.identity['backbone']}-{digest[:24]}.pt"
 
-    def features(self, dataset: Dataset, description: str = "features") -> tuple[Tensor, Tensor]:
+    def features(self, dataset: ImageSamples, description: str = "features") -> tuple[Tensor, Tensor]:
         """(features (N, C) float32, labels (N,) int64) for `dataset`, from the cache when present."""
         labels = torch.as_tensor(dataset.targets, dtype=torch.int64)
         path = self.cache_path(dataset)

@@ -197,25 +197,38 @@ def plan(config: KnnConfig, weights: WeightsRef) -> list[SweepPoint]:
     return [SweepPoint("knn", "knn", params, weights, dataset, task)]
 
 
+def classify(
+    config: KnnConfig,
+    train: tuple[Tensor, Tensor],
+    val: tuple[Tensor, Tensor],
+    num_classes: int,
+    device: torch.device,
+) -> dict[str, float]:
+    """Top-1 / top-5 per k of extracted (features, labels) pairs with the config's ks, temperature and tiles:
+    what `vicregl knn` and the online pretraining monitor (pretrain/monitor.py) both compute."""
+    return knn_evaluate(
+        train[0].to(device),
+        train[1],
+        val[0].to(device),
+        val[1],
+        config.ks,
+        temperature=config.temperature,
+        num_classes=num_classes,
+        chunk_size=config.chunk_size,
+        train_chunk_size=config.train_chunk_size,
+        show_progress=is_main_process(),
+    )
+
+
 def run_point(point: SweepPoint) -> dict[str, float]:
-    """Extract (or read cached) train / val features and evaluate every k: top-1 / top-5 per k."""
+    """Extract (or read cached) train / val features and evaluate every k: top-1 / top-5 per k (also as
+    TensorBoard scalars in the run folder's tb/)."""
 
     config: KnnConfig = point.task
     transform = eval_transform(config.resize, config.image_size)
     train_set, val_set = open_datasets(config.data, transform, transform)
     device = compute_device(config.device)
     extractor = extractor_from_config(config, point.weights, device, train_set)
-    train_features, train_labels = extractor.features(train_set, "train features")
-    val_features, val_labels = extractor.features(val_set, "val features")
-    return knn_evaluate(
-        train_features.to(device),
-        train_labels,
-        val_features.to(device),
-        val_labels,
-        config.ks,
-        temperature=config.temperature,
-        num_classes=len(train_set.classes),
-        chunk_size=config.chunk_size,
-        train_chunk_size=config.train_chunk_size,
-        show_progress=is_main_process(),
-    )
+    train = extractor.features(train_set, "train features")
+    val = extractor.features(val_set, "val features")
+    return classify(config, train, val, len(train_set.classes), device)

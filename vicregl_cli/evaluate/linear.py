@@ -1,6 +1,7 @@
 """Linear evaluation on frozen pooled features (DESIGN §3): SGD momentum 0.9, batch 256, cosine over the
 epochs, wd 1e-6, RandomResizedCrop + flip for training, resize 256 / centre 224 for validation; best val
-top-1 / top-5.
+top-1 / top-5. Presets (linear_presets) switch dataset reader and optimiser settings, e.g. VICReg B.3's
+Places205 and iNaturalist 2018 transfers with their step schedules.
 
 Two modes: the protocol (one sweep point per learning rate, each reading augmented images through the frozen
 backbone), and `--cached`, one point that trains every learning rate's head at once on cached centre-crop
@@ -25,7 +26,6 @@ from vicregl_cli.evaluate.classification import (
     BestAccuracy,
     accuracy_of_linear,
     check_training_options,
-    cosine_factor,
     new_head,
     open_datasets,
     shuffled_loader,
@@ -37,12 +37,11 @@ from vicregl_cli.evaluate.features import (
     frozen_params,
     train_transform,
 )
+from vicregl_cli.evaluate.linear_presets import DEFAULT_LRS, LrSchedule
 from vicregl_cli.progress import track
 from vicregl_cli.seeding import seeded
 from vicregl_cli.sweep import SweepPoint, point_name
-
-# The papers' grid and 0.02: the linear lr of the official README (ResNets) and of VICReg appendix B.2
-DEFAULT_LRS = (30.0, 10.0, 1.0, 0.3, 0.1, 0.03, 0.02, 0.01)
+from vicregl_cli.tensorboard import ScalarLog
 
 METRIC = "top1"  # the metric that ranks the runs of a sweep
 
@@ -69,11 +68,14 @@ def train_heads_on_features(
     momentum: float = 0.9,
     weight_decay: float = 1e-6,
     seed: int = 0,
+    schedule: LrSchedule | None = None,
     show_progress: bool = True,
 ) -> TrainedHeads:
     """Train one linear head per learning rate at once: each batch of features feeds every head (one batched
-    matmul), each head has its own SGD step (momentum, wd, per-epoch cosine). Every head starts from the same
-    seeded init and sees the same seeded batch order, so head i equals a run with lrs[i] alone."""
+    matmul), each head has its own SGD step (momentum, wd, per-epoch `schedule`, default cosine). Every head
+    starts from the same seeded init and sees the same seeded batch order, so head i equals a run with
+    lrs[i] alone."""
+    schedule = schedule or LrSchedule("cosine", epochs)
     device = train_features.device
     count, width = train_features.shape
     heads = len(lrs)
@@ -86,7 +88,7 @@ def train_heads_on_features(
     steps_per_epoch = math.ceil(count / batch_size)
     with track("linear (cached)", total=epochs * steps_per_epoch, enabled=show_progress) as tracker:
         for epoch in range(epochs):
-            lr = base_lrs * cosine_factor(epoch, epochs)
+            lr = base_lrs * schedule.factor(epoch)
             order = torch.randperm(count, generator=torch.Generator().manual_seed(seed + epoch)).to(device)
             for start in range(0, count, batch_size):
                 batch = order[start : start + batch_size]
@@ -126,6 +128,13 @@ class LinearConfig:
     batch_size: int = 256
     momentum: float = 0.9
     weight_decay: float = 1e-6
+    schedule: str = "cosine"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    preset: str = "imagenet"
+    dataset: str = "imagefolder"  # the reader: imagefolder, places205 or inat18
+    train_list: Path | None = None  # places205 only: replaces trainvalsplit_places205/train_places205.csv
+    val_list: Path | None = None
     image_size: int = 224
     resize: int = 256
     min_scale: float = 0.08
@@ -138,20 +147,35 @@ class LinearConfig:
     device: str | None = None
 
 
+def schedule_of(config: LinearConfig) -> LrSchedule:
+    """The learning-rate schedule the config asks for."""
+    return LrSchedule(config.schedule, config.epochs, tuple(config.milestones), config.gamma)
+
+
+def open_splits(config: LinearConfig, train_view, val_view) -> tuple:
+    """The train and val splits in the config's dataset layout, with these transforms."""
+    return open_datasets(
+        config.data, train_view, val_view, layout=config.dataset, train_list=config.train_list,
+        val_list=config.val_list,
+    )  # fmt: skip
+
+
 def plan(config: LinearConfig, weights: WeightsRef) -> list[SweepPoint]:
     """Check options and data (nothing computed): a point per learning rate, or with --cached one point
-    whose members are the learning rates."""
+    whose members are the learning rates. Each point's params spell out its per-epoch learning rates."""
     if not config.lrs or any(lr <= 0 for lr in config.lrs):
         raise UserError(f"--lr needs positive learning rates, got {list(config.lrs)}")
     check_training_options(config.epochs, config.batch_size, {"--lr": list(config.lrs)})
+    schedule = schedule_of(config)
+    schedule.check()
     eval_transform(config.resize, config.image_size)
-    train_set, val_set = open_datasets(config.data, None, None)
-    shared = frozen_params(config, weights, train_set, val_set, swept=("lrs",))
+    train_set, val_set = open_splits(config, None, None)
+    shared = frozen_params(config, weights, train_set, val_set, swept=("lrs", "train_list", "val_list"))
     protocol = "linear-cached" if config.cached else "linear"
-    dataset = f"imagefolder:{Path(config.data).resolve()}"
+    dataset = f"{config.dataset}:{Path(config.data).resolve()}"
     runs = [
-        SweepPoint(point_name("cached" if config.cached else "", lr=lr), protocol, {**shared, "lr": lr},
-                   weights, dataset, config)
+        SweepPoint(point_name("cached" if config.cached else "", lr=lr), protocol,
+                   {**shared, "lr": lr, "lr_schedule": schedule.describe(lr)}, weights, dataset, config)
         for lr in config.lrs
     ]  # fmt: skip
     if not config.cached:
@@ -174,7 +198,7 @@ def _train_one_lr(point: SweepPoint) -> dict[str, float]:
     device = compute_device(config.device)
     eval_view = eval_transform(config.resize, config.image_size)
     augmented = train_transform(config.image_size, config.min_scale)
-    train_set, val_set = open_datasets(config.data, augmented, eval_view)
+    train_set, val_set = open_splits(config, augmented, eval_view)
     bn_set = copy.copy(train_set)
     bn_set.transform = eval_view
     extractor = extractor_from_config(config, point.weights, device, bn_set)
@@ -187,17 +211,17 @@ def _train_one_lr(point: SweepPoint) -> dict[str, float]:
     optimizer = torch.optim.SGD(
         head.parameters(), lr=lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda epoch: cosine_factor(epoch, config.epochs)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_of(config).factor)
     best = BestAccuracy()
     val_features, val_labels = val_features.to(device), val_labels.to(device)
     backbone.eval()
     total = config.epochs * len(loader)
+    curves = ScalarLog(point.folder, enabled=is_main_process())
     with seeded(config.seed), track(f"linear lr={lr:g}", total=total, enabled=is_main_process()) as tracker:
         for epoch in range(config.epochs):
             if isinstance(loader.sampler, DistributedSampler):
                 loader.sampler.set_epoch(epoch)
+            epoch_lr, losses = scheduler.get_last_lr()[0], []
             for images, labels in loader:
                 with torch.no_grad():
                     _, pooled = backbone(images.to(device, non_blocking=True))
@@ -205,10 +229,15 @@ def _train_one_lr(point: SweepPoint) -> dict[str, float]:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                tracker.advance(loss=loss.item(), lr=scheduler.get_last_lr()[0])
+                losses.append(loss.item())
+                tracker.advance(loss=losses[-1], lr=epoch_lr)
             scheduler.step()
             with torch.no_grad():
-                best.update(*accuracy_of_linear(val_features, val_labels, head.weight, head.bias), epoch)
+                top1, top5 = accuracy_of_linear(val_features, val_labels, head.weight, head.bias)
+            best.update(top1, top5, epoch)
+            curves.scalars({"loss": sum(losses) / len(losses), "lr": epoch_lr}, epoch + 1, prefix="train/")
+            curves.scalars({"top1": top1, "top5": top5}, epoch + 1, prefix="val/")
+    curves.close()
     return best.metrics()
 
 
@@ -217,7 +246,7 @@ def _train_cached(point: SweepPoint) -> dict[str, dict[str, float]]:
     config: LinearConfig = point.task
     device = compute_device(config.device)
     eval_view = eval_transform(config.resize, config.image_size)
-    train_set, val_set = open_datasets(config.data, eval_view, eval_view)
+    train_set, val_set = open_splits(config, eval_view, eval_view)
     extractor = extractor_from_config(config, point.weights, device, train_set)
     train_features, train_labels = extractor.features(train_set, "train features")
     val_features, val_labels = extractor.features(val_set, "val features")
@@ -233,6 +262,7 @@ def _train_cached(point: SweepPoint) -> dict[str, dict[str, float]]:
         momentum=config.momentum,
         weight_decay=config.weight_decay,
         seed=config.seed,
+        schedule=schedule_of(config),
         show_progress=is_main_process(),
     )
     return {member.name: metrics for member, metrics in zip(point.members, results.metrics, strict=True)}

@@ -9,12 +9,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DistributedSampler, Subset
 
 from vicregl_cli.backbones.weights import WeightsRef
-from vicregl_cli.distributed import compute_device, is_main_process
+from vicregl_cli.distributed import compute_device, is_main_process, world_size
 from vicregl_cli.errors import UserError
 from vicregl_cli.evaluate.classification import (
     BestAccuracy,
@@ -30,6 +31,7 @@ from vicregl_cli.evaluate.features import eval_transform, extract_features, trai
 from vicregl_cli.progress import track
 from vicregl_cli.seeding import seeded
 from vicregl_cli.sweep import SweepPoint, point_name
+from vicregl_cli.tensorboard import ScalarLog
 
 # percent -> (backbone lr, head lr): the VICReg paper's semi-supervised settings
 DEFAULT_LRS = {1: (0.03, 0.08), 10: (0.01, 0.1)}
@@ -183,7 +185,9 @@ def plan(config: SemiConfig, weights: WeightsRef) -> list[SweepPoint]:
 
 def run_point(point: SweepPoint) -> dict[str, float]:
     """One (backbone lr, head lr) point: fine-tune on the labelled subset, BatchNorm in train mode, DDP under
-    torchrun; evaluate after every epoch. Seeded, the caller's RNG restored."""
+    torchrun; evaluate after every epoch. Seeded, the caller's RNG restored. Curves in the run folder's tb/:
+    train/loss (epoch mean over ranks), train/lr_backbone, train/lr_head, val/top1, val/top5 per epoch,
+    metrics/top1, metrics/top5 (the record's) at the last."""
     config: SemiConfig = point.task
     lr_backbone, lr_head = point.params["lr_backbone"], point.params["lr_head"]
     device = compute_device(config.device)
@@ -211,18 +215,36 @@ def run_point(point: SweepPoint) -> dict[str, float]:
     )
     best = BestAccuracy()
     total = config.epochs * len(loader)
+    curves = ScalarLog(point.folder, enabled=is_main_process())
     with seeded(config.seed), track(f"semi {point.name}", total=total, enabled=is_main_process()) as tracker:
         for epoch in range(config.epochs):
             if isinstance(loader.sampler, DistributedSampler):
                 loader.sampler.set_epoch(epoch)
             trained.train()
+            lr_backbone, lr_head = scheduler.get_last_lr()
+            loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of sample losses, samples) of this rank
             for images, labels in loader:
                 logits = trained(images.to(device, non_blocking=True))
                 loss = F.cross_entropy(logits, labels.to(device, non_blocking=True))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                tracker.advance(loss=loss.item(), lr=scheduler.get_last_lr()[1])
+                loss_sum += torch.tensor([loss.item() * len(labels), len(labels)], dtype=torch.float64)
+                tracker.advance(loss=loss.item(), lr=lr_head)
             scheduler.step()
-            best.update(*_evaluate(model, val_set, config, device), epoch)
+            top1, top5 = _evaluate(model, val_set, config, device)
+            best.update(top1, top5, epoch)
+            lrs = {"lr_backbone": lr_backbone, "lr_head": lr_head}
+            curves.scalars({"loss": _mean_over_ranks(loss_sum, device), **lrs}, epoch + 1, prefix="train/")
+            curves.scalars({"top1": top1, "top5": top5}, epoch + 1, prefix="val/")
+    curves.close()
     return best.metrics()
+
+
+def _mean_over_ranks(loss_sum: Tensor, device: torch.device) -> float:
+    """The epoch's mean training loss per sample over every rank, from each rank's (loss sum, samples)."""
+    if world_size() > 1:
+        totals = loss_sum.to(device)
+        dist.all_reduce(totals)
+        loss_sum = totals.cpu()
+    return float(loss_sum[0] / loss_sum[1].clamp_min(1))

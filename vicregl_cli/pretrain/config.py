@@ -1,4 +1,5 @@
-"""The pretraining configuration: one dataclass, YAML presets (configs/pretrain/*.yaml) and flag overrides."""
+"""The pretraining configuration: one dataclass, YAML presets (packaged: vicregl_cli/configs/pretrain/*.yaml),
+then command-line overrides (generated --flags and KEY=VALUE pairs)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import yaml
 
 from vicregl_cli.errors import UserError
 from vicregl_cli.files import write_text_atomic
+from vicregl_cli.pretrain.presets import read_config_source
 
 
 @dataclass
@@ -52,6 +54,8 @@ class PretrainConfig:
     checkpoint_every: int = 1  # epochs
     log_every: int = 50  # steps between stats.jsonl lines
     probe: bool = True  # online linear probe on detached pooled features (labels of the ImageFolder)
+    monitor_data: str | None = None  # ImageFolder root (train/, val/): online k-NN top-1@20 (monitor.py)
+    monitor_every: int = 1  # epochs between online k-NN evaluations
 
     def mlp_widths(self) -> list[int]:
         return parse_widths("mlp", self.mlp)
@@ -77,8 +81,14 @@ FIELDS = {spec.name: spec for spec in dataclasses.fields(PretrainConfig)}
 _TYPES = typing.get_type_hints(PretrainConfig)
 
 
+def type_name(name: str) -> str:
+    """A field's type as users write it: int, float, bool, str, list[int], ..."""
+    return str(_TYPES[name]).replace("<class '", "").replace("'>", "")
+
+
 def _coerce(name: str, value: Any) -> Any:
-    """Convert a YAML or command-line value to the field's type (lists also from '224,96')."""
+    """Convert a YAML or command-line value to the field's type (lists also from '224,96'; an optional field
+    also from none / null)."""
     target = _TYPES[name]
     try:
         if typing.get_origin(target) is list:
@@ -86,6 +96,8 @@ def _coerce(name: str, value: Any) -> Any:
             items = value.split(",") if isinstance(value, str) else list(value)
             return [item_type(item) for item in items]
         if isinstance(target, types.UnionType):
+            if isinstance(value, str) and value.lower() in ("none", "null"):
+                return None
             target = next(arg for arg in typing.get_args(target) if arg is not type(None))
         if target is bool:
             if isinstance(value, str):
@@ -97,25 +109,37 @@ def _coerce(name: str, value: Any) -> Any:
             raise ValueError(value)
         return target(value)
     except (TypeError, ValueError) as error:
-        raise UserError(f"{name}: cannot read {value!r} as {_TYPES[name]}") from error
+        raise UserError(f"{name}={value!r}: expected a value of type {type_name(name)}") from error
 
 
-def load_config(path: Path | None, overrides: dict[str, Any]) -> PretrainConfig:
-    """Defaults <- the YAML file (if any) <- overrides (flags given on the command line); then validated."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        if not Path(path).is_file():
-            raise UserError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(Path(path).read_text())
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise UserError(f"{path}: expected a mapping of option: value, got a {type(loaded).__name__}")
-        values.update(loaded)
+def valid_keys() -> str:
+    """Every field as `name (type)`, for error messages."""
+    return ", ".join(f"{name} ({type_name(name)})" for name in FIELDS)
+
+
+def parse_assignments(pairs: list[str]) -> dict[str, str]:
+    """KEY=VALUE command-line overrides -> {field: text} (dashes in KEY read as underscores); an unknown key
+    or a pair without '=' is a UserError listing the valid keys."""
+    values: dict[str, str] = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not equals or not key:
+            raise UserError(f"{pair!r}: write overrides as KEY=VALUE; valid keys: {valid_keys()}")
+        if key not in FIELDS:
+            raise UserError(f"unknown pretraining key {key!r} in {pair!r}; valid keys: {valid_keys()}")
+        values[key] = value
+    return values
+
+
+def load_config(source: str | Path | None, overrides: dict[str, Any]) -> PretrainConfig:
+    """Defaults <- `source` (a YAML file, or a packaged preset's name) <- overrides (command-line flags and
+    KEY=VALUE pairs; None = not given); then coerced to the field types and validated."""
+    values: dict[str, Any] = {} if source is None else dict(read_config_source(source))
     values.update({key: value for key, value in overrides.items() if value is not None})
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
-        raise UserError(f"unknown pretraining option(s) {', '.join(unknown)}; valid: {', '.join(FIELDS)}")
+        raise UserError(f"unknown pretraining option(s) {', '.join(unknown)}; valid keys: {valid_keys()}")
     config = PretrainConfig(**{key: _coerce(key, value) for key, value in values.items()})
     validate(config)
     return config

@@ -13,6 +13,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vicregl_cli import distributed
+from vicregl_cli.files import write_text_atomic
+from vicregl_cli.tensorboard import ScalarLog
+
+TB_PREFIX = "pretrain/"  # TensorBoard tag of a stats.jsonl key: pretrain/<key>
 
 
 def feature_std(x: Tensor) -> Tensor:
@@ -32,35 +36,34 @@ def mean_abs_correlation(x: Tensor) -> Tensor:
 
 
 class StatsLog:
-    """Appends JSON lines to RUN/stats.jsonl and mirrors them to TensorBoard when it is installed."""
+    """RUN/stats.jsonl and the same values as TensorBoard scalars `pretrain/<key>` at their step (RUN/tb/),
+    written by the main process only. Opening it for a run that starts at `start_step` drops the lines and
+    events of later steps that an earlier session wrote after its last checkpoint: every step shows once."""
 
-    def __init__(self, run_dir: Path, enabled: bool) -> None:
+    def __init__(self, run_dir: Path, enabled: bool, start_step: int = 0) -> None:
         self.enabled = enabled
         self.path = run_dir / "stats.jsonl"
-        self.writer = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter  # optional package: local import
-            except ImportError:
-                SummaryWriter = None  # noqa: N806 - tensorboard is optional
-            if SummaryWriter is not None:
-                self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        if enabled and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines(keepends=True)
+                    if line.strip() and json.loads(line)["step"] <= start_step]
+            write_text_atomic(self.path, "".join(kept))
+        self.scalars = ScalarLog(run_dir, enabled=enabled, purge_step=start_step + 1)
 
     def write(self, record: dict[str, Any]) -> None:
+        """Append one line; every float in it (not epoch / step) becomes a scalar at record["step"]."""
         if not self.enabled:
             return
         with self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for key, value in record.items():
-                if isinstance(value, float) and key not in ("epoch", "step"):
-                    self.writer.add_scalar(key, value, record["step"])
-            self.writer.flush()
+        values = {key: value for key, value in record.items() if isinstance(value, float)}
+        self.scalars.scalars(values, record["step"], prefix=TB_PREFIX)
+
+    def flush(self) -> None:
+        """Make the TensorBoard events on disk match stats.jsonl (called at every checkpoint)."""
+        self.scalars.flush()
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        self.scalars.close()
 
 
 def to_floats(values: dict[str, Tensor]) -> dict[str, float]:

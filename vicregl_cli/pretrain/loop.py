@@ -4,6 +4,8 @@ Order of a step: forward -> backward -> one all-reduce of [loss not finite, a st
 before touching the weights if the loss is not finite) -> optimiser step -> (save and stop if a signal
 arrived; a single process also acts on a signal that arrived later in the step). Everything that can be wrong
 with the input is checked before the model is built (plan.plan_run, UserError).
+At the end of an epoch: the online k-NN monitor when due (monitor.py; it leaves weights and RNG streams as
+they were), then the checkpoint when due, which also flushes RUN/tb so it matches stats.jsonl (logs.py).
 
 Seeding: the model is initialised from config.seed (plan.build_model); a fresh run then seeds every global
 RNG with seed + rank, a resumed one restores the saved states (checkpoint.seed_training_rng / restore_rng).
@@ -11,9 +13,7 @@ RNG with seed + rank, a resumed one restores the saved states (checkpoint.seed_t
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from vicregl_cli import distributed
 from vicregl_cli.backbones import save_backbone
 from vicregl_cli.errors import UserError
+from vicregl_cli.interrupts import StopRequest, TrainingInterrupted
 from vicregl_cli.pretrain.checkpoint import (
     check_resumable,
     load_checkpoint,
@@ -37,23 +38,11 @@ from vicregl_cli.pretrain.checkpoint import (
 )
 from vicregl_cli.pretrain.config import PretrainConfig, write_config
 from vicregl_cli.pretrain.logs import StatsLog, log_record, loss_terms, to_floats
+from vicregl_cli.pretrain.monitor import open_monitor
 from vicregl_cli.pretrain.optim import build_optimizer, learning_rate, set_learning_rate
 from vicregl_cli.pretrain.plan import Plan, autocast, build_model, make_loader, plan_run, to_device
 from vicregl_cli.pretrain.sampler import EpochBatchSampler
 from vicregl_cli.progress import track
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)  # SIGUSR2: submitit's pre-emption signal
-
-
-class TrainingInterrupted(Exception):
-    """A stop signal arrived: the current step finished and RUN/checkpoint.pth was written."""
-
-    def __init__(self, signum: int, step: int, checkpoint: Path) -> None:
-        super().__init__(
-            f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint saved to {checkpoint}; "
-            "run the same command again to resume"
-        )
-        self.signum, self.step, self.checkpoint = signum, step, checkpoint
 
 
 class NonFiniteLoss(RuntimeError):
@@ -79,35 +68,6 @@ class TrainResult:
     stats: list[dict[str, Any]] = field(default_factory=list)
 
 
-class _StopRequest:
-    """Signal handlers that only record the signal; the loop acts on it after the current step."""
-
-    def __init__(self) -> None:
-        self.signum = 0
-        self.previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum in STOP_SIGNALS:
-            self.previous[signum] = signal.signal(signum, self._record)
-
-    def _record(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-
-    def uninstall(self) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-        self.previous = {}
-
-    def chain(self) -> None:
-        """Hand the signal to the handler that was installed before (submitit's requeue hook, for one)."""
-        handler = self.previous.get(self.signum)
-        self.uninstall()
-        if callable(handler):
-            handler(self.signum, None)
-
-
 def train(
     config: PretrainConfig,
     *,
@@ -120,6 +80,7 @@ def train(
     NonFiniteLoss."""
     hooks = hooks or Hooks()
     plan = plan_run(config, device)
+    monitor = open_monitor(config)
     env, run_dir = plan.env, Path(config.out)
     checkpoint_path = run_dir / "checkpoint.pth"
     resumed = None
@@ -166,11 +127,12 @@ def train(
     def save(position: tuple[int, int, int]) -> None:  # position: (epoch, batch in the epoch, step)
         _require_finite_weights(model, position[2])
         save_training_state(checkpoint_path, model, optimizer, scaler, position, config, env)
+        stats_log.flush()
 
     sampler = EpochBatchSampler(len(plan.dataset), config.batch_size, env.world_size, env.rank, config.seed)
     loader = make_loader(plan, sampler)
-    stats_log = StatsLog(run_dir, enabled=main)
-    stop = _StopRequest()
+    stats_log = StatsLog(run_dir, enabled=main, start_step=step)
+    stop = StopRequest()
     stop.install()
     result = TrainResult(start_step=step, end_step=step, total_steps=plan.total_steps, out=run_dir)
     last_log = (time.perf_counter(), step)
@@ -208,6 +170,10 @@ def train(
                         stop.chain()
                         raise TrainingInterrupted(signum, step, checkpoint_path)
                 epoch, batch_in_epoch = epoch + 1, 0
+                if monitor is not None and monitor.due(epoch, config.epochs):
+                    record = {"epoch": epoch - 1, "step": step, **monitor.measure(model.backbone, env.device)}
+                    stats_log.write(record)
+                    result.stats.append(record)
                 if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
                     save((epoch, 0, step))
         if main:
@@ -220,7 +186,7 @@ def train(
 
 
 def _step(plan: Plan, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-          stop: _StopRequest, where: str, checkpoint: Path, inputs: tuple) -> tuple[dict[str, Tensor], int]:
+          stop: StopRequest, where: str, checkpoint: Path, inputs: tuple) -> tuple[dict[str, Tensor], int]:
     """Forward, backward, then one all-reduce of [loss not finite, stop signal]; update only if the loss is
     finite."""
     with autocast(plan):

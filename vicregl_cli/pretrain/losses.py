@@ -70,6 +70,9 @@ from torch.autograd.function import once_differentiable
 
 from vicregl_cli.distributed import gather_with_grad
 from vicregl_cli.errors import UserError
+from vicregl_cli.pretrain.matching import match_all, match_locations
+
+__all__ = ["LossTerms", "global_loss", "local_loss", "match_all", "match_locations", "slot_statistics"]
 
 
 class LossTerms(NamedTuple):
@@ -233,83 +236,6 @@ def global_loss(
         return _terms(inv, var_coeff * hinge.mean(), cov_coeff * off_diagonal.mean())
 
 
-def match_locations(distances: Tensor, num_matches: int | None) -> tuple[Tensor, Tensor]:
-    """Nearest candidate of each input location, then the γ-best: (kept inputs, their candidates), (..., K).
-
-    `distances` is (..., L_in, L_cand). Kept indices are in the input's row-major order (not by distance);
-    ties go to the earlier candidate and the earlier input location. `num_matches=None` keeps all L_in
-    locations.
-    """
-    nearest = distances.argmin(dim=-1)
-    locations = nearest.shape[-1]
-    if num_matches is None or num_matches == locations:
-        kept = torch.arange(locations, device=distances.device).expand_as(nearest)
-    else:
-        nearest_distance = distances.gather(-1, nearest.unsqueeze(-1)).squeeze(-1)
-        kept = torch.argsort(nearest_distance, dim=-1, stable=True)[..., :num_matches].sort(dim=-1).values
-    return kept, nearest.gather(-1, kept)
-
-
-def _squared_distances(a: Tensor, b: Tensor) -> Tensor:
-    """(B, La, C), (B, Lb, C) -> (B, La, Lb) squared L2 distances in float64 (exact differences if C <= 3)."""
-    a, b = a.double(), b.double()
-    if a.shape[-1] <= 3:
-        return sum((a[:, :, None, c] - b[:, None, :, c]).square() for c in range(a.shape[-1]))
-    squared_a = torch.linalg.vector_norm(a, dim=-1).square()[:, :, None]
-    squared_b = torch.linalg.vector_norm(b, dim=-1).square()[:, None, :]
-    return torch.baddbmm(squared_a + squared_b, a, b.transpose(1, 2), alpha=-2.0)
-
-
-def _candidate_groups(sizes: list[int], source: int) -> list[tuple[int, int]]:
-    """Views after `source` as runs (first view, count) of equal size; view 1 stays alone (pair (1, 0))."""
-    groups: list[tuple[int, int]] = []
-    for view in range(source + 1, len(sizes)):
-        first, count = groups[-1] if groups else (None, 0)
-        if first is not None and first != 1 and sizes[first] == sizes[view]:
-            groups[-1] = (first, count + 1)
-        else:
-            groups.append((view, 1))
-    return groups
-
-
-def _match_all(
-    maps: Tensor, positions: Tensor, sizes: list[int], num_matches: tuple[int, int], l2_all_matches: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Every call (pair, matching, direction) of the local criterion on the concatenated views (B, ΣL, ·):
-    kept input locations (B, S), their matches (B, S), both as indices into ΣL, and each slot's weight
-    1 / (2 · pairs · K) (S,). Candidate views of equal size are matched together."""
-    offsets = [sum(sizes[:view]) for view in range(len(sizes) + 1)]
-    num_pairs = 2 * (len(sizes) - 1)
-    batch = maps.shape[0]
-    maps64 = maps.double()
-    x_index, y_index, slot_weight = [], [], []
-
-    def add(distances: Tensor, input_offsets: Tensor, candidate_offsets: Tensor, count: int | None) -> None:
-        kept, matched = match_locations(distances, count)  # (B, g, K)
-        x_index.append((kept + input_offsets[:, None]).reshape(batch, -1))
-        y_index.append((matched + candidate_offsets[:, None]).reshape(batch, -1))
-        slot_weight.append(maps.new_full((x_index[-1].shape[1],), 1.0 / (num_pairs * 2 * kept.shape[-1])))
-
-    for source in range(2):
-        rows = slice(offsets[source], offsets[source + 1])
-        for first, count in _candidate_groups(sizes, source):
-            columns = slice(offsets[first], offsets[first + count])
-            size = sizes[first]
-            source_offset = torch.full((count,), offsets[source], device=maps.device)
-            group_offsets = offsets[first] + size * torch.arange(count, device=maps.device)
-            for values, feature_based in ((maps64, True), (positions, False)):
-                block = _squared_distances(values[:, rows], values[:, columns]).view(batch, -1, count, size)
-                forward = block.permute(0, 2, 1, 3)  # (B, g, L_source, L_j): source -> each candidate view
-                backward = block.permute(0, 2, 3, 1).contiguous()  # (B, g, L_j, L_source)
-                counts = (None, None) if feature_based and l2_all_matches else num_matches
-                add(forward, source_offset, group_offsets, counts[0])  # pair (source, j), source -> j
-                add(backward, group_offsets, source_offset, counts[1])  # pair (source, j), j -> source
-                if source == 0 and first == 1:  # pair (1, 0) from the same distances, the counts swapped
-                    add(backward, group_offsets, source_offset, counts[0])
-                    add(forward, source_offset, group_offsets, counts[1])
-    return torch.cat(x_index, dim=1), torch.cat(y_index, dim=1), torch.cat(slot_weight).float()
-
-
 def _check_local_inputs(maps: list[Tensor], positions: list[Tensor], num_matches: tuple[int, int]) -> None:
     if len(maps) < 2 or len(maps) != len(positions):
         raise ValueError(
@@ -356,7 +282,7 @@ def local_loss(
         local = torch.cat([m.float() for m in maps], dim=1)  # (B, ΣL, C)
         batch, total_locations, channels = local.shape
         with torch.no_grad():
-            x_index, y_index, slot_weight = _match_all(
+            x_index, y_index, slot_weight, _ = match_all(
                 local,
                 torch.cat([p.to(local.device) for p in positions], dim=1),
                 [m.shape[1] for m in maps],

@@ -16,12 +16,9 @@ import yaml
 
 from vicregl_cli.backbones.registry import get_spec
 from vicregl_cli.errors import UserError
-from vicregl_cli.options import SlurmOptions, executor_parameters, make_executor
+from vicregl_cli.options import MAX_REQUEUES, SIGNAL_DELAY_S, SlurmOptions, executor_parameters, make_executor
 from vicregl_cli.pretrain.config import PretrainConfig, to_dict, validate
 from vicregl_cli.pretrain.loop import train
-
-SIGNAL_DELAY_S = 120  # SIGUSR2 this long before the time limit: time to finish a step and checkpoint
-MAX_REQUEUES = 30
 
 
 class PretrainJob:

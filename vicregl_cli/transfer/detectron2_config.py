@@ -1,15 +1,18 @@
 """The detectron2 benchmark configs (no detectron2 needed): self-contained YAML files (no `_BASE_`) that
-`detectron2_train.py` reads, their `VICREGL` section naming the dataset layout the launcher registers, and
-the template configs kept in `configs/detect/`."""
+`detectron2_train.py` reads, their `VICREGL` section naming the dataset layout the launcher registers (and,
+for Linear Det., the res5 head's freeze), and the template configs kept in the package's `configs/detect/`."""
 
 from __future__ import annotations
 
+import copy
+from importlib.resources import files
 from pathlib import Path
 
 import yaml
 
 from vicregl_cli.data.imagenet import IMAGENET_MEAN_255, IMAGENET_STD_255
 from vicregl_cli.errors import UserError
+from vicregl_cli.transfer.coco_subset import SUBSET_FRACTION, SUBSET_SEED
 
 EXTRA_NORM_HEAD = "Res5ROIHeadsExtraNorm"
 C4_DEPTHS = {"resnet50": 50, "resnet101": 101, "resnet152": 152, "resnet50x2": 50, "resnet50x4": 50}
@@ -19,7 +22,7 @@ PROTOCOLS = ("voc_R_50_C4_24k", "coco_R_50_C4_1x", "coco_R_50_FPN_1x", "coco_10p
 DATASET_PROTOCOL = {
     "voc": "voc_R_50_C4_24k",
     "voc0712": "voc_R_50_C4_24k",
-    "coco": "coco_R_50_C4_1x",
+    "coco": "coco_R_50_FPN_1x",
     "coco-10pct": "coco_10pct_R_50_FPN_1x",
 }
 VOC_SCHEDULE = (24000, (18000, 22000), 100)  # iterations, lr steps, warm-up iterations
@@ -163,10 +166,25 @@ def build_config(
             "DATASET": dataset,
             "DATA_ROOT": data_root,
             "CLASS_NAMES": list(class_names) if class_names is not None else [],
-            "SUBSET_FRACTION": 0.1 if dataset == "coco-10pct" else 1.0,
-            "SUBSET_SEED": 0,
+            "SUBSET_FRACTION": SUBSET_FRACTION if dataset == "coco-10pct" else 1.0,
+            "SUBSET_SEED": SUBSET_SEED,
         },
     }
+
+
+def linear_det_config(config: dict) -> dict:
+    """VICRegL Table 9's Linear Det. from a C4 benchmark config: stem..res4 frozen (`FREEZE_AT 5`, FrozenBN
+    with the pretrained statistics), the ROI head's res5 frozen too (`VICREGL.FREEZE_RES5`, which the
+    launcher's extra-norm head applies: detectron2 has no key for it); the RPN, the extra norm (kept a
+    trained, synchronised BatchNorm via `VICREGL.EXTRA_NORM`) and the box predictor train."""
+    if config["MODEL"]["ROI_HEADS"]["NAME"] != EXTRA_NORM_HEAD:
+        raise UserError("Linear Det. (--frozen) is defined for the Faster R-CNN C4 benchmark only")
+    frozen = copy.deepcopy(config)
+    model = frozen["MODEL"]
+    frozen["VICREGL"].update({"FREEZE_RES5": True, "EXTRA_NORM": model["RESNETS"]["NORM"]})
+    model["BACKBONE"]["FREEZE_AT"] = 5
+    model["RESNETS"]["NORM"] = "FrozenBN"
+    return frozen
 
 
 def write_config(path: Path, config: dict) -> Path:
@@ -176,11 +194,18 @@ def write_config(path: Path, config: dict) -> Path:
     return path
 
 
+def template_folder() -> Path:
+    """The package's `vicregl_cli/configs/detect/` (installed as package data)."""
+    return Path(str(files("vicregl_cli") / "configs" / "detect"))
+
+
 def template_configs() -> dict[str, dict]:
-    """The configs kept in `configs/detect/` (weights and data root to fill in)."""
+    """The configs kept in `vicregl_cli/configs/detect/` (weights and data root to fill in)."""
     common = {"data_root": "datasets", "weights": "backbone.pkl"}
+    voc = build_config("voc_R_50_C4_24k", dataset="voc0712", **common)
     return {
-        "voc0712_R_50_C4_24k.yaml": build_config("voc_R_50_C4_24k", dataset="voc0712", **common),
+        "voc0712_R_50_C4_24k.yaml": voc,
+        "voc0712_R_50_C4_24k_frozen.yaml": linear_det_config(voc),
         "coco_R_50_C4_1x.yaml": build_config("coco_R_50_C4_1x", dataset="coco", **common),
         "coco_R_50_FPN_1x.yaml": build_config("coco_R_50_FPN_1x", dataset="coco", **common),
         "coco_10pct_R_50_FPN_1x.yaml": build_config("coco_10pct_R_50_FPN_1x", dataset="coco-10pct", **common),

@@ -14,11 +14,11 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from vicregl_cli.data.readers import VOC_CLASSES, parse_voc_xml, read_split, voc_class_names
 from vicregl_cli.errors import UserError
+from vicregl_cli.transfer.coco_subset import SUBSET_FRACTION, SUBSET_SEED, coco_subset_ids
 from vicregl_cli.transfer.detectron2_config import EXTRA_NORM_HEAD
 
 DETECTRON2_MISSING = (
@@ -126,11 +126,9 @@ def _register_voc(name: str, voc_root: str, split: str, class_names: list[str]) 
 
 
 def coco_subset(records: list[dict], fraction: float, seed: int) -> list[dict]:
-    """A deterministic `fraction` of the images (sorted ids, seeded draw without replacement)."""
-    ordered = sorted(records, key=lambda record: record["image_id"])
-    count = max(1, round(len(ordered) * fraction))
-    chosen = np.sort(np.random.RandomState(seed).choice(len(ordered), size=count, replace=False))
-    return [ordered[i] for i in chosen]
+    """The dataset dicts of `coco_subset_ids` (the rule the torchvision engine uses too), by image id."""
+    keep = set(coco_subset_ids((record["image_id"] for record in records), fraction, seed))
+    return sorted((record for record in records if record["image_id"] in keep), key=lambda r: r["image_id"])
 
 
 def _register_coco(section: dict) -> None:
@@ -148,7 +146,8 @@ def _register_coco(section: dict) -> None:
     name = "vicregl_coco_2017_train_10pct"
     if name not in DatasetCatalog.list():
         json_file, image_root = str(root / "annotations/instances_train2017.json"), str(root / "train2017")
-        fraction, seed = float(section.get("SUBSET_FRACTION", 0.1)), int(section.get("SUBSET_SEED", 0))
+        fraction = float(section.get("SUBSET_FRACTION", SUBSET_FRACTION))
+        seed = int(section.get("SUBSET_SEED", SUBSET_SEED))
         DatasetCatalog.register(
             name, lambda: coco_subset(load_coco_json(json_file, image_root, name), fraction, seed)
         )
@@ -172,8 +171,9 @@ def register_datasets(section: dict) -> None:
 
 
 def register_extra_norm_head() -> None:
-    """Register `Res5ROIHeadsExtraNorm`: detectron2's Res5ROIHeads with a norm layer (cfg's RESNETS.NORM)
-    after res5, as in the MoCo / DenseCL detection benchmark."""
+    """Register `Res5ROIHeadsExtraNorm`: detectron2's Res5ROIHeads with a norm layer (VICREGL.EXTRA_NORM, else
+    RESNETS.NORM) after res5, as in the MoCo / DenseCL detection benchmark; VICREGL.FREEZE_RES5 (Linear Det.)
+    freezes res5's blocks first (`CNNBlockBase.freeze`: no gradient, FrozenBN)."""
     from detectron2.layers import get_norm  # detectron2: installed on the cluster only
     from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
 
@@ -181,11 +181,15 @@ def register_extra_norm_head() -> None:
         return
 
     class Res5ROIHeadsExtraNorm(Res5ROIHeads):
-        """Res5ROIHeads + norm(res5 output channels) appended to the res5 stage."""
+        """Res5ROIHeads (res5 frozen for Linear Det.) + norm(res5 output channels) appended to res5."""
 
         def __init__(self, cfg, input_shape):
             super().__init__(cfg, input_shape)
-            self.res5.add_module("norm", get_norm(cfg.MODEL.RESNETS.NORM, self.res5[-1].out_channels))
+            if cfg.VICREGL.FREEZE_RES5:
+                for block in self.res5:
+                    block.freeze()
+            norm = cfg.VICREGL.EXTRA_NORM or cfg.MODEL.RESNETS.NORM
+            self.res5.add_module("norm", get_norm(norm, self.res5[-1].out_channels))
 
     ROI_HEADS_REGISTRY.register(Res5ROIHeadsExtraNorm)
 
@@ -202,6 +206,8 @@ def build_cfg(args: argparse.Namespace):
     cfg.VICREGL.CLASS_NAMES = []
     cfg.VICREGL.SUBSET_FRACTION = 1.0
     cfg.VICREGL.SUBSET_SEED = 0
+    cfg.VICREGL.FREEZE_RES5 = False
+    cfg.VICREGL.EXTRA_NORM = ""
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts or [])
     cfg.freeze()

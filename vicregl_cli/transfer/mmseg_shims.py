@@ -1,6 +1,7 @@
 """Two fixes that let mmsegmentation 1.2.2 / mmengine 0.10.7 run on mmcv-lite under torch >= 2.6, each applied
-only when needed: a pure-torch stand-in for the compiled `mmcv.ops` that mmseg imports at import time, and a
-local checkpoint loader that can read the checkpoints mmengine's Runner itself writes (resume)."""
+only when needed: a pure-torch stand-in for the compiled `mmcv.ops` that mmseg imports at import time
+(needed by the `seg-lite` extra's mmcv-lite; a full mmcv 2.0 / 2.1, as GPU clusters install it, is used as it
+is), and a local checkpoint loader that can read the checkpoints mmengine's Runner itself writes (resume)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import types
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from vicregl_cli.errors import UserError
 
 
 def point_sample(input: Tensor, points: Tensor, align_corners: bool = False, **kwargs) -> Tensor:
@@ -72,7 +75,13 @@ def apply_mmcv_ops_standin() -> bool:
         return True
     if compiled_mmcv_ops_available():
         return False
-    import mmcv
+    try:
+        import mmcv
+    except ImportError as error:
+        raise UserError(
+            "segmentation needs mmcv, which the `seg` extra leaves to you: a full mmcv 2.0 / 2.1 (GPU "
+            "clusters; mmseg 1.2.2 refuses 2.2), or pip install 'vicregl[seg-lite]' (mmcv-lite + a stand-in)"
+        ) from error
 
     standin = types.ModuleType("mmcv.ops")
     standin.__doc__ = (

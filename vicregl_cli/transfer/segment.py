@@ -15,8 +15,9 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from vicregl_cli.backbones.weights import WeightsRef, export_prefixed
-from vicregl_cli.distributed import is_main_process
+from vicregl_cli.backbones.weights import WeightsRef
+from vicregl_cli.distributed import is_main_process, slurm_tasks
+from vicregl_cli.export import complete_state, export_prefixed
 from vicregl_cli.files import write_json_atomic, write_text_atomic
 from vicregl_cli.sweep import SweepPoint, check_points, point_name
 from vicregl_cli.transfer.mmseg_shims import (
@@ -80,7 +81,7 @@ def _header(point: SweepPoint) -> str:
 def export_state(weights: WeightsRef) -> dict[str, Tensor]:
     """The backbone tensors to export (bare keys), from memory: the checked model's complete state (BN
     counters a file may omit included); random init seeded."""
-    return weights.build().state_dict()
+    return complete_state(weights)
 
 
 def export_point(point: SweepPoint, state: dict[str, Tensor], reuse: Path | None = None) -> Path:
@@ -125,7 +126,7 @@ def _launcher() -> str:
     """'pytorch' under torchrun / SLURM with several processes, 'none' for a single process."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return "pytorch"
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    if slurm_tasks(os.environ) > 1:  # a multi-task allocation without srun stops here (UserError)
         return "slurm"
     return "none"
 

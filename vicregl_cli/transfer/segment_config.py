@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from vicregl_cli.backbones import WeightsRef, get_spec
 from vicregl_cli.data.imagenet import IMAGENET_MEAN_255, IMAGENET_STD_255
 from vicregl_cli.errors import UserError
+from vicregl_cli.tensorboard import TB_DIR
 from vicregl_cli.transfer.segment_plan import SegmentPlan
 
 WEIGHTS_FILE = "backbone.pth"
@@ -194,6 +195,15 @@ def _schedule(plan: SegmentPlan, lr: float) -> dict:
     )
 
 
+def _vis_backends() -> list[dict]:
+    """mmengine's local files and TensorBoard: its loggers write the training loss, lr and every validation's
+    metrics to each backend, TensorBoard's into RUN/tb beside result.json as every vicregl run."""
+    return [
+        dict(type="LocalVisBackend"),
+        dict(type="TensorboardVisBackend", save_dir="{{ fileDirname }}/" + TB_DIR),
+    ]
+
+
 def build_config(plan: SegmentPlan, weights: WeightsRef, lr: float) -> dict:
     """The full mmseg config (a dict of top-level variables) of one sweep point."""
     settings = plan.settings
@@ -232,8 +242,8 @@ def build_config(plan: SegmentPlan, weights: WeightsRef, lr: float) -> dict:
         test_evaluator=evaluator,
         **_schedule(plan, lr),
         custom_hooks=[dict(type="BackboneWeightsCheckHook", checkpoint=WEIGHTS_IN_CONFIG)],
-        vis_backends=[dict(type="LocalVisBackend")],
-        visualizer=dict(type="SegLocalVisualizer", vis_backends=[dict(type="LocalVisBackend")]),
+        vis_backends=_vis_backends(),
+        visualizer=dict(type="SegLocalVisualizer", vis_backends=_vis_backends()),
         log_processor=dict(by_epoch=False),
         log_level="INFO",
         load_from=None,

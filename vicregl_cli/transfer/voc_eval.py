@@ -84,7 +84,7 @@ def class_ap(
         boxes.append(image.boxes[keep])
     scores_all = np.concatenate(scores) if scores else np.zeros(0)
     boxes_all = np.concatenate(boxes).astype(np.float64).reshape(-1, 4) if boxes else np.zeros((0, 4))
-    order = np.argsort(-scores_all, kind="stable")
+    order = np.argsort(-scores_all)  # the devkit's sort (not stable): equal 3-decimal scores rank alike
     matched = [np.zeros(len(b), dtype=bool) for b in gt_boxes]
     true_pos, false_pos = np.zeros(len(order)), np.zeros(len(order))
     for rank, det in enumerate(order):

@@ -1,7 +1,9 @@
-"""VOC-layout data for the C4 benchmark: parsed splits, the image dataset and detectron2's training stream."""
+"""Detection samples (VOC-layout reading here, COCO in coco.py), the image dataset and detectron2's training
+stream (aspect-grouped, seeded, resumable at any batch)."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from pycocotools import mask as mask_utils
 from torch import Tensor
 from torchvision.transforms.functional import pil_to_tensor
 
@@ -16,12 +19,13 @@ from vicregl_cli.data.readers import VOC_CLASSES, parse_voc_xml, read_split, voc
 from vicregl_cli.errors import UserError
 from vicregl_cli.transfer.tv_detection.settings import DetectionSettings
 
-TORCHVISION_DATASETS = ("voc", "voc0712")
+VOC_DATASETS = ("voc", "voc0712")
 
 
 @dataclass
 class Sample:
-    """One image of a split: its id (the split file's name for it), its file and its parsed annotation."""
+    """One image of a split: its id (VOC: the split file's name; COCO: the image id), its file and its parsed
+    annotation; `segmentations` (COCO only) holds each object's COCO segmentation, decoded when loaded."""
 
     image_id: str
     image_path: Path
@@ -30,15 +34,23 @@ class Sample:
     boxes: np.ndarray
     labels: np.ndarray
     difficult: np.ndarray
+    segmentations: list | None = None
 
 
 @dataclass
 class DetectionData:
-    """Train and test samples plus the class names (labels index them; the model adds background as 0)."""
+    """Train and test samples plus the class names (labels index them; the model adds background as 0);
+    COCO: the category id of each label and the test split's annotation file (for COCOeval)."""
 
     train: list[Sample]
     test: list[Sample]
     class_names: list[str]
+    category_ids: tuple[int, ...] = ()
+    annotations: Path | None = None
+
+    @property
+    def has_masks(self) -> bool:
+        return bool(self.train) and self.train[0].segmentations is not None
 
 
 def check_voc_root(root: Path) -> Path:
@@ -76,13 +88,8 @@ def read_voc_split(voc_root: Path, split: str, class_names: list[str]) -> list[S
     return samples
 
 
-def load_data(dataset: str, data_root: Path) -> DetectionData:
+def load_voc_data(dataset: str, data_root: Path) -> DetectionData:
     """`voc`: one VOC folder, train -> val; `voc0712`: VOCdevkit, VOC2007+2012 trainval -> VOC2007 test."""
-    if dataset not in TORCHVISION_DATASETS:
-        raise UserError(
-            f"dataset {dataset!r} runs on detectron2 only (Mask R-CNN); the torchvision engine takes "
-            f"{list(TORCHVISION_DATASETS)}"
-        )
     data_root = Path(data_root).expanduser()
     if dataset == "voc":
         root = check_voc_root(data_root)
@@ -101,8 +108,23 @@ def load_data(dataset: str, data_root: Path) -> DetectionData:
     return DetectionData(train=train, test=test, class_names=names)
 
 
+def decode_masks(segmentations: list, height: int, width: int) -> np.ndarray:
+    """(N, H, W) uint8 masks of COCO segmentations: polygon lists, uncompressed or compressed RLE."""
+    masks = np.zeros((len(segmentations), height, width), dtype=np.uint8)
+    for index, segmentation in enumerate(segmentations):
+        if isinstance(segmentation, list):  # polygons of one object
+            rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+        elif isinstance(segmentation["counts"], list):  # uncompressed RLE
+            rle = mask_utils.frPyObjects(segmentation, height, width)
+        else:
+            rle = segmentation
+        masks[index] = mask_utils.decode(rle)
+    return masks
+
+
 class DetectionImages(torch.utils.data.Dataset):
-    """Items addressed by (index, flip): RGB float image in [0, 1] and the torchvision target (labels + 1)."""
+    """Items addressed by (index, flip): RGB float image in [0, 1] and the torchvision target (labels + 1;
+    COCO samples add `masks`, N x H x W uint8)."""
 
     def __init__(self, samples: list[Sample]) -> None:
         self.samples = samples
@@ -122,8 +144,11 @@ class DetectionImages(torch.utils.data.Dataset):
                 [pixels.shape[-1] - boxes[:, 2], boxes[:, 1], pixels.shape[-1] - boxes[:, 0], boxes[:, 3]],
                 dim=1,
             )
-        labels = torch.as_tensor(sample.labels, dtype=torch.int64) + 1
-        return pixels, {"boxes": boxes, "labels": labels}
+        target = {"boxes": boxes, "labels": torch.as_tensor(sample.labels, dtype=torch.int64) + 1}
+        if sample.segmentations is not None:
+            masks = torch.from_numpy(decode_masks(sample.segmentations, sample.height, sample.width))
+            target["masks"] = masks.flip(-1) if flip else masks
+        return pixels, target
 
 
 class AspectGroupedBatches:
@@ -153,11 +178,13 @@ def collate(batch: list) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
     return [image for image, _ in batch], [target for _, target in batch]
 
 
-def train_loader(samples: list[Sample], settings: DetectionSettings) -> Iterator:
-    """The endless iterator of (images, targets) training batches that `settings` describes."""
+def train_loader(samples: list[Sample], settings: DetectionSettings, start: int = 0) -> Iterator:
+    """The endless iterator of (images, targets) training batches that `settings` describes, from batch
+    `start` on (a resumed run skips the batches it trained on: index lists only, no image is read)."""
+    batches = AspectGroupedBatches(samples, settings.batch_size, settings.seed)
     loader = torch.utils.data.DataLoader(
         DetectionImages(samples),
-        batch_sampler=AspectGroupedBatches(samples, settings.batch_size, settings.seed),
+        batch_sampler=itertools.islice(batches, start, None),
         num_workers=settings.workers,
         collate_fn=collate,
         persistent_workers=settings.workers > 0,

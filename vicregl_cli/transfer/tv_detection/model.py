@@ -3,7 +3,9 @@
 stem..res4 (stride 16) -> RPN (15 anchors: sizes 32-512 x ratios 0.5/1/2) -> RoIAlignV2 14 x 14 -> res5 +
 BatchNorm ("extra norm") -> average pool -> class scores + class-specific boxes. detectron2's choices where
 torchvision differs: L1 box losses (smooth-L1 beta 0), RPN losses normalised by the sampled-anchor budget,
-aligned RoIAlign with adaptive sampling, predictor init std 0.01 / 0.001, no size padding.
+aligned RoIAlign with adaptive sampling, predictor init std 0.01 / 0.001, no size padding. `frozen` (VICRegL
+Table 9's Linear Det.): stem..res4 and the res5 head frozen as detectron2 freezes blocks (no gradient,
+BatchNorm -> FrozenBatchNorm2d with the same statistics); the RPN, the extra norm and the predictor train.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import MultiScaleRoIAlign, roi_align
+from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign, roi_align
 
 from vicregl_cli.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from vicregl_cli.errors import UserError
@@ -34,6 +36,21 @@ class RoIAlignV2(MultiScaleRoIAlign):
         self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
     ) -> Tensor:
         return roi_align(x["0"], boxes, self.output_size, 1.0 / self.stride, sampling_ratio=0, aligned=True)
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """detectron2's `CNNBlockBase.freeze()`: no parameter takes a gradient and every BatchNorm becomes a
+    FrozenBatchNorm2d holding its weight, bias and running statistics (eval-mode BatchNorm forever)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            for buffer in ("weight", "bias", "running_mean", "running_var"):
+                getattr(frozen, buffer).copy_(getattr(child, buffer).detach())
+            setattr(module, name, frozen)
+        else:
+            freeze(child)
+    module.requires_grad_(False)
+    return module
 
 
 class C4Trunk(nn.Module):
@@ -137,14 +154,25 @@ class DetectronBoxHeads(RoIHeads):
         return [], {"loss_classifier": F.cross_entropy(class_logits, labels), "loss_box_reg": box_loss}
 
 
-def build_model(backbone: nn.Module, num_classes: int, geometry: Geometry) -> GeneralizedRCNN:
-    """The C4 Faster R-CNN around a registry ResNet (its layer4 becomes the box head)."""
+def check_resnet(backbone: nn.Module) -> None:
+    """The R-CNN builders take a registry ResNet (stage widths from its spec)."""
     if getattr(backbone, "spec", None) is None or backbone.spec.family != "resnet":
         family = getattr(getattr(backbone, "spec", None), "family", type(backbone).__name__)
         raise UserError(
-            f"the Faster R-CNN C4 protocol needs a ResNet backbone (res4 trunk + res5 head), not {family}"
+            f"the Faster / Mask R-CNN protocols need a ResNet backbone (res4 trunk + res5 head), not {family}"
         )
+
+
+def build_model(
+    backbone: nn.Module, num_classes: int, geometry: Geometry, frozen: bool = False
+) -> GeneralizedRCNN:
+    """The C4 Faster R-CNN around a registry ResNet (its layer4 becomes the box head); `frozen` freezes the
+    trunk and res5 (Linear Det.)."""
+    check_resnet(backbone)
     trunk, head = C4Trunk(backbone), Res5ExtraNormHead(backbone)
+    if frozen:
+        freeze(trunk)
+        freeze(head.res5)
     anchors = AnchorGenerator(sizes=((32, 64, 128, 256, 512),), aspect_ratios=((0.5, 1.0, 2.0),))
     rpn = DetectronRPN(
         anchors,

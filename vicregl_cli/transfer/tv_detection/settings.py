@@ -1,13 +1,16 @@
-"""The C4 benchmark's hyper-parameters, as the CLI and the sweep records carry them."""
+"""The torchvision engine's hyper-parameters (C4 on VOC, Mask R-CNN FPN on COCO), as the CLI and the sweep
+records carry them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass
 class DetectionSettings:
-    """The C4 benchmark's hyper-parameters (defaults: VOC07+12, 24k iterations, batch 16); None = auto."""
+    """The engine's hyper-parameters (defaults: the VOC07+12 C4 benchmark, 24k iterations, batch 16; COCO's
+    schedule comes from `coco_schedule`); None = auto. `frozen`: VICRegL Table 9's Linear Det. (the ResNet,
+    res5 head included, frozen). A checkpoint is written every `checkpoint_every` iterations."""
 
     iters: int = 24000
     batch_size: int = 16
@@ -29,6 +32,13 @@ class DetectionSettings:
     device: str = "auto"
     seed: int = 0
     log_every: int = 20
+    frozen: bool = False
+    detections_per_image: int = 100  # detectron2's TEST.DETECTIONS_PER_IMAGE
+    checkpoint_every: int = 1000
+
+    def coco_schedule(self) -> DetectionSettings:
+        """Mask R-CNN 1x: steps at 60k / 80k of 90k (fractions of `iters`), 1000 warm-up iterations."""
+        return replace(self, warmup_iters=1000, step_fractions=(60000 / 90000, 80000 / 90000))
 
     @property
     def lr(self) -> float:

@@ -1,0 +1,34 @@
+"""`vicregl export`: a backbone's weights in the layout another code base loads with its own loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from vicregl_cli.backbones import resolve_weights
+from vicregl_cli.commands.app import BACKBONE_HELP, WEIGHTS_HELP, app
+from vicregl_cli.export import TARGETS, check_target, export_weights
+
+
+@app.command()
+def export(
+    out: Path = typer.Argument(..., help="The file to write (.pth; .pkl for detectron2)"),
+    weights: str = typer.Option(..., help=WEIGHTS_HELP),
+    to: str = typer.Option(..., "--to", help=f"Target layout: {', '.join(TARGETS)}"),
+    backbone: str = typer.Option(None, help=BACKBONE_HELP),
+    seed: int = typer.Option(0, help="Random init seed (--weights random)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check the weights and the target, write nothing"),
+) -> None:
+    """Write a backbone for torchvision, timm, mmseg, detectron2 or the official VICRegL code."""
+    check_target(to, backbone)  # a wrong --to fails before the weights file is read
+    resolved = resolve_weights(weights, backbone, seed)
+    check_target(to, resolved.backbone)
+    if dry_run:
+        typer.echo(
+            f"would write {resolved.backbone} ({resolved.label}) as {to} to {out}; dry run: nothing written"
+        )
+        return
+    exported = export_weights(resolved, to, out)
+    typer.echo(f"wrote {exported.path} ({exported.num_tensors} tensors, {to} layout of {resolved.backbone})")
+    typer.echo(f"load: {exported.loader.replace('PATH', repr(str(exported.path)))}")

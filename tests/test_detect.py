@@ -394,3 +394,24 @@ def test_rpn_loss_is_detectron2s_sum_over_anchor_budget():
     expected_l1 = sum(float((deltas[i] - flat_targets[i]).abs().sum()) for i in (0, 4, 5))
     assert float(objectness) == pytest.approx(expected_bce / budget, rel=1e-6)
     assert float(box) == pytest.approx(expected_l1 / budget, rel=1e-6)
+
+
+def test_slurm_jobs_run_one_task_that_launches_the_gpus_and_torchvision_takes_one_gpu(
+    monkeypatch, synthetic_voc, tmp_path
+):
+    from typer.testing import CliRunner
+
+    from vicregl_cli.cli import app
+
+    base = ["detect", "--weights", "random", "--backbone", "resnet50", "--dataset", "voc", "--data-root",
+            str(synthetic_voc), "--out", str(tmp_path / "out"), "--slurm", "--partition", "gpu", "--dry-run"]
+    monkeypatch.setattr(detectron2_run, "detectron2_importable", lambda: True)
+    result = CliRunner().invoke(app, [*base, "--engine", "detectron2", "--gpus-per-node", "8"],
+                                terminal_width=300)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "'gpus_per_node': 8" in result.output and "'tasks_per_node': 1" in result.output
+    result = CliRunner().invoke(app, [*base, "--engine", "torchvision", "--gpus-per-node", "8"])
+    assert isinstance(result.exception, UserError) and "trains on one GPU, not 8" in str(result.exception)
+    result = CliRunner().invoke(app, [*base, "--engine", "torchvision", "--nodes", "2"])
+    assert isinstance(result.exception, UserError) and "one node per job" in str(result.exception)
+    assert not (tmp_path / "out").exists()

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from vicregl_cli.backbones import resolve_weights
 from vicregl_cli.errors import UserError
 from vicregl_cli.evaluate import linear
-from vicregl_cli.plots import plot_metric_vs_lr, plot_training_curves, read_stats, split_inputs
+from vicregl_cli.plots import metric_series, plot_metric_vs_lr, plot_training_curves, read_stats, split_inputs
 from vicregl_cli.pretrain.config import load_config
 from vicregl_cli.pretrain.loop import train
 from vicregl_cli.sweep import run_protocol
@@ -88,3 +88,19 @@ def test_inputs_split_into_records_and_stats(demo_out, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="holds no result.json, summary.json or stats.jsonl"):
         split_inputs([tmp_path / "empty"])
+
+
+def test_sweeps_of_two_weights_files_with_one_name_are_two_lines_sorted_by_lr():
+    def record(sha: str, lr: float, top1: float) -> dict:
+        weights = {"path": f"/runs/{sha}/backbone.pth", "sha256": sha * 8, "seed": None}
+        return {"run": f"cached_lr={lr:g}", "protocol": "linear-cached", "weights": weights,
+                "params": {"lr": lr}, "metrics": {"top1": top1}}  # fmt: skip
+
+    records = [record("aa", 1.0, 30.0), record("aa", 0.1, 26.0),
+               record("bb", 0.1, 14.0), record("bb", 1.0, 14.5)]  # fmt: skip
+    x_key, series = metric_series(records, "top1")
+    assert x_key == "lr" and series == {
+        "backbone.pth (aaaaaaaa)": [(0.1, 26.0), (1.0, 30.0)],
+        "backbone.pth (bbbbbbbb)": [(0.1, 14.0), (1.0, 14.5)],
+    }
+    assert metric_series(records[:1], "top1") is None  # nothing swept: no figure

@@ -86,7 +86,7 @@ def test_a_packaged_preset_by_name_then_overrides(captured):
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["epochs=abc"], "epochs='abc': expected a value of type int"),
+        (["epochs=abc"], "epochs='abc': expected a value of type int; valid keys: data \\(str\\)"),
         (["epoch=3"], "unknown pretraining key 'epoch'.*valid keys: data \\(str\\)"),
         (["epochs"], "write overrides as KEY=VALUE"),
         (["--epochs", "3", "epochs=4"], "epochs given both as a flag and as KEY=VALUE"),

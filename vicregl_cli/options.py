@@ -32,11 +32,17 @@ class SlurmOptions:
     folder: Path | None = None  # submitit's logs and pickles; default <out>/slurm/%j
     constraint: str | None = None
     additional: dict[str, Any] = field(default_factory=dict)
+    one_task_per_node: bool = False  # the job starts its own per-GPU workers (detectron2's launcher)
+
+    @property
+    def tasks_per_node(self) -> int:
+        """Processes per node: one per GPU (at least one), or one that launches the node's GPUs itself."""
+        return 1 if self.one_task_per_node else max(1, self.gpus_per_node)
 
     @property
     def tasks(self) -> int:
-        """Processes per job: one task per GPU (at least one)."""
-        return self.nodes * max(1, self.gpus_per_node)
+        """Processes per job."""
+        return self.nodes * self.tasks_per_node
 
     def check(self) -> None:
         """Option errors that need no cluster."""
@@ -81,7 +87,7 @@ def executor_parameters(slurm: SlurmOptions, name: str, **extra: Any) -> dict[st
         "name": name[:64].replace(" ", "_") or "vicregl",
         "nodes": slurm.nodes,
         "gpus_per_node": slurm.gpus_per_node,
-        "tasks_per_node": max(1, slurm.gpus_per_node),
+        "tasks_per_node": slurm.tasks_per_node,
         "cpus_per_task": slurm.cpus_per_task,
         "timeout_min": slurm.time_min,
         **extra,

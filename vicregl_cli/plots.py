@@ -12,7 +12,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from vicregl_cli.errors import UserError
-from vicregl_cli.report import RESULT_FILE, SUMMARY_FILE, best_record, default_metric
+from vicregl_cli.report import RESULT_FILE, SUMMARY_FILE, best_record, default_metric, weights_label
 
 STATS_FILE = "stats.jsonl"
 CURVES_FILE = "training_curves.png"
@@ -90,14 +90,17 @@ def plot_training_curves(runs: dict[str, list[dict]], path: Path) -> Path:
 
 def _label(record: dict, keys: Sequence[str]) -> str:
     values = [f"{key}={record['params'][key]:g}" for key in keys if key in record["params"]]
-    if "weights" in keys:
-        values.insert(0, Path(str(record["weights"].get("path"))).name)
+    if "weights" in keys:  # the sha256 prefix tells apart files of one name (pretrained vs random init)
+        values.insert(0, weights_label(record))
     return ", ".join(values) or record["protocol"]
 
 
-def plot_metric_vs_lr(records: list[dict], metric: str, path: Path) -> Path | None:
-    """`metric` against the swept learning rate of one protocol's records (log x): one line per value of the
-    other swept lr (semi's grid) and per weights file; None when no learning rate varies."""
+Series = dict[str, list[tuple[float, float]]]  # line label -> (lr, metric) points
+
+
+def metric_series(records: list[dict], metric: str) -> tuple[str, Series] | None:
+    """(the swept lr, {line label: sorted (lr, metric) points}) of one protocol's records: one line per value
+    of the other swept lr (semi's grid) and per weights file; None when no learning rate varies."""
     varying = [
         key for key in LR_PARAMS if len({json.dumps(record["params"].get(key)) for record in records}) > 1
     ]
@@ -106,15 +109,25 @@ def plot_metric_vs_lr(records: list[dict], metric: str, path: Path) -> Path | No
     x_key, series_keys = varying[0], varying[1:]
     if len({json.dumps(record["weights"]) for record in records}) > 1:
         series_keys.append("weights")
-    series: dict[str, list[tuple[float, float]]] = {}
+    series: Series = {}
     for record in records:
         if metric in record["metrics"] and x_key in record["params"]:
             point = (record["params"][x_key], record["metrics"][metric])
             series.setdefault(_label(record, series_keys), []).append(point)
+    return x_key, {label: sorted(points) for label, points in series.items()}
+
+
+def plot_metric_vs_lr(records: list[dict], metric: str, path: Path) -> Path | None:
+    """`metric` against the swept learning rate of one protocol's records (log x), the lines of
+    metric_series; None when no learning rate varies."""
+    found = metric_series(records, metric)
+    if found is None:
+        return None
+    x_key, series = found
     figure = Figure(figsize=(5.5, 4.0), layout="constrained")
     ax = figure.subplots()
     for label, points in series.items():
-        lrs, values = zip(*sorted(points), strict=True)
+        lrs, values = zip(*points, strict=True)
         ax.plot(lrs, values, marker="o", label=label)
     best = best_record(records, metric)
     if best is not None and x_key in best["params"]:

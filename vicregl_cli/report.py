@@ -162,7 +162,8 @@ def _metric_names(records: list[dict]) -> list[str]:
     return names
 
 
-def _weights_label(record: dict) -> str:
+def weights_label(record: dict) -> str:
+    """The weights of a record as tables and plots name them: file name and sha256 prefix, or random init."""
     weights = record["weights"]
     if weights.get("sha256") is None:
         seed = weights.get("seed")
@@ -189,7 +190,7 @@ def _identity(record: dict) -> dict[str, str]:
     return {
         "protocol": record["protocol"],
         "backbone": str(record["backbone"] or "-"),
-        "weights": _weights_label(record),
+        "weights": weights_label(record),
         "dataset": record["dataset"],
     }
 

@@ -50,6 +50,8 @@ FLAG_HELP = {  # optional: a field without an entry still gets its flag, with it
     "checkpoint_every": "Epochs between checkpoints",
     "log_every": "Steps between stats.jsonl lines",
     "probe": "Online linear probe on detached features",
+    "monitor_data": "Online k-NN monitor: ImageFolder root with train/ and val/ (top-1@20 in stats.jsonl)",
+    "monitor_every": "Epochs between online k-NN evaluations",
 }
 BOOL_FLAGS = {  # the two switches whose off-side has a name of its own
     "l2_all_matches": "--l2-all-matches/--filter-l2-matches",

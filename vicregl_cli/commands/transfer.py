@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -113,8 +114,12 @@ def detect(
         proposals_test=proposals_test, precise_bn_iters=precise_bn_iters, workers=workers, seed=seed,
         checkpoint_every=checkpoint_every,
     )  # fmt: skip
-    if num_gpus is None and run.slurm is not None:  # the job's GPUs, not this machine's
-        num_gpus = run.slurm.gpus_per_node
+    if run.slurm is not None:  # one task per job: detectron2's launcher starts the node's GPU workers itself
+        if run.slurm.nodes > 1:
+            raise UserError("detect --slurm runs one node per job (--nodes 1): detectron2's launcher starts "
+                            "the node's GPU workers, the torchvision engine trains on one GPU")  # fmt: skip
+        run = dataclasses.replace(run, slurm=dataclasses.replace(run.slurm, one_task_per_node=True))
+        num_gpus = num_gpus or run.slurm.gpus_per_node  # the job's GPUs, not this machine's
     config = detect_protocol.DetectConfig(
         dataset=dataset, data_root=data_root, engine=engine,
         lrs=tuple(parse_grid([*(lr or []), *ctx.args], "--lr")) or None, iters=iters, batch_size=batch_size,

@@ -109,7 +109,9 @@ def _coerce(name: str, value: Any) -> Any:
             raise ValueError(value)
         return target(value)
     except (TypeError, ValueError) as error:
-        raise UserError(f"{name}={value!r}: expected a value of type {type_name(name)}") from error
+        raise UserError(
+            f"{name}={value!r}: expected a value of type {type_name(name)}; valid keys: {valid_keys()}"
+        ) from error
 
 
 def valid_keys() -> str:

@@ -169,6 +169,9 @@ def plan(config: DetectConfig, weights: WeightsRef) -> list[SweepPoint]:
     num_gpus = config.num_gpus
     if engine == "detectron2" and num_gpus is None:
         num_gpus = visible_gpus()
+    if engine == "torchvision" and (num_gpus or 1) > 1:
+        raise UserError(f"the torchvision engine trains on one GPU, not {num_gpus} (--num-gpus / "
+                        "--gpus-per-node 1), or --engine detectron2 for several")  # fmt: skip
     task = replace(config, data_root=root, engine=engine, lrs=lrs, iters=iters, num_gpus=num_gpus)
     if engine == "torchvision":
         geometry = tv_detection.check_data(config.dataset, root, _tv_settings(task, lrs[0]))

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 from pycocotools.coco import COCO
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from vicregl_cli.backbones.weights import resolve_weights
 from vicregl_cli.data.scenes import SCENE, render_scene
@@ -192,6 +193,10 @@ def test_frozen_run_records_ap_and_the_linear_det_benchmark(tmp_path, synth):
     record = json.loads((tmp_path / "sweep" / "lr=0.02" / "result.json").read_text())
     assert record["protocol"] == "detect-voc-faster-rcnn-c4-frozen" and record["params"]["frozen"] is True
     assert {"AP", "AP50", "AP75"} <= set(record["metrics"])
+    events = EventAccumulator(str(tmp_path / "sweep" / "lr=0.02" / "tb"))
+    events.Reload()  # the training curve (every iteration) and the record's metrics, for TensorBoard
+    assert [event.step for event in events.Scalars("train/loss")] == [1, 2]
+    assert events.Scalars("metrics/AP50")[0].value == pytest.approx(record["metrics"]["AP50"], rel=1e-6)
     with pytest.raises(UserError, match="--frozen"):
         detect.plan(DetectConfig(dataset="coco", data_root=synth / "coco", engine="torchvision", frozen=True),
                     resolve_weights("random", "resnet18"))  # fmt: skip

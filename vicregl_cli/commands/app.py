@@ -2,6 +2,7 @@
 vicregl_cli.commands registers its subcommands on `app` (vicregl_cli.cli imports them all)."""
 
 import typer
+from typer.core import TyperCommand
 
 app = typer.Typer(
     help="VICRegL pretraining and the downstream evaluations of the VICReg / VICRegL papers.",
@@ -11,4 +12,24 @@ app = typer.Typer(
 )
 WEIGHTS_HELP = "Weights file (backbone.pth, checkpoint.pth, release, torchvision) or 'random'"
 BACKBONE_HELP = "Registry name; default: the name stored in the weights file"
-EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": False}
+
+
+def multi_value(*names: str) -> type[TyperCommand]:
+    """A command class whose options `names` take every value that follows them: `--lr 0.1 0.3` is read as
+    `--lr 0.1 --lr 0.3` (a click option takes one value each time it is given). Every multi-value option of
+    every subcommand (--k, --lr, --milestones, --cost, --cfg-options, ...) goes through this one parser."""
+
+    class MultiValueCommand(TyperCommand):
+        def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+            spread, option, taken = [], None, False
+            for token in args:
+                if token.startswith("--"):
+                    option, taken = (token if token in names else None), False
+                elif option is not None and taken:
+                    spread.append(option)
+                else:
+                    taken = True
+                spread.append(token)
+            return super().parse_args(ctx, spread)
+
+    return MultiValueCommand

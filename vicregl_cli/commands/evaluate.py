@@ -6,11 +6,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import typer
-from typer.core import TyperCommand
 
 from vicregl_cli.backbones import resolve_weights
 from vicregl_cli.cli_options import with_feature_options, with_run_options
-from vicregl_cli.commands.app import BACKBONE_HELP, EXTRA_ARGS, WEIGHTS_HELP, app
+from vicregl_cli.commands.app import BACKBONE_HELP, WEIGHTS_HELP, app, multi_value
 from vicregl_cli.evaluate import knn as knn_protocol
 from vicregl_cli.evaluate import linear as linear_protocol
 from vicregl_cli.evaluate import linear_presets
@@ -19,11 +18,10 @@ from vicregl_cli.options import FeatureOptions, RunOptions
 from vicregl_cli.sweep import parse_grid, run_protocol
 
 
-@app.command(context_settings=EXTRA_ARGS)
+@app.command(cls=multi_value("--k"))
 @with_run_options()
 @with_feature_options()
 def knn(
-    ctx: typer.Context,
     weights: str = typer.Option(..., help=WEIGHTS_HELP),
     data: Path = typer.Option(..., help="Root holding train/ and val/ in ImageFolder layout"),
     out: Path = typer.Option(..., help="Sweep folder: knn/result.json, summary.json"),
@@ -40,35 +38,14 @@ def knn(
 ) -> None:
     """Weighted k-NN classification on frozen pooled features (every k in one pass; top-1 / top-5)."""
     config = knn_protocol.KnnConfig(
-        data=data, ks=tuple(parse_grid([*(k or []), *ctx.args], "--k", int) or (20, 200)),
+        data=data, ks=tuple(parse_grid(k, "--k", int) or (20, 200)),
         temperature=temperature, batch_size=batch_size, chunk_size=chunk_size,
         train_chunk_size=train_chunk_size or None, device=run.device, **asdict(features),
     )  # fmt: skip
     run_protocol(knn_protocol, config, resolve_weights(weights, backbone, seed), out, run)
 
 
-def greedy_options(*names: str) -> type[TyperCommand]:
-    """A command class whose options `names` take every value that follows them: `--milestones 4 8 12`
-    is read as `--milestones 4 --milestones 8 --milestones 12` (click options take one value each, and
-    two multi-value options cannot share the command's extra arguments)."""
-
-    class GreedyCommand(TyperCommand):
-        def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
-            spread, option, taken = [], None, False
-            for token in args:
-                if token.startswith("--"):
-                    option, taken = (token if token in names else None), False
-                elif option is not None and taken:
-                    spread.append(option)
-                else:
-                    taken = True
-                spread.append(token)
-            return super().parse_args(ctx, spread)
-
-    return GreedyCommand
-
-
-@app.command(cls=greedy_options("--lr", "--milestones"))
+@app.command(cls=multi_value("--lr", "--milestones"))
 @with_run_options()
 @with_feature_options()
 def linear(
@@ -116,7 +93,7 @@ def linear(
     run_protocol(linear_protocol, config, resolve_weights(weights, backbone, seed), out, run)
 
 
-@app.command()
+@app.command(cls=multi_value("--lr-backbone", "--lr-head"))
 @with_run_options()
 def semi(
     weights: str = typer.Option(..., help=WEIGHTS_HELP),
@@ -125,9 +102,9 @@ def semi(
     backbone: str = typer.Option(None, help=BACKBONE_HELP),
     percent: int = typer.Option(None, help="Labelled share: 1 or 10 (seeded class-balanced subset)"),
     split_file: Path = typer.Option(None, help="SimCLR split file (1percent.txt / 10percent.txt) instead"),
-    lr_backbone: list[str] = typer.Option(None, help="Backbone lr grid, comma list or repeated "
+    lr_backbone: list[str] = typer.Option(None, help="Backbone lr grid: --lr-backbone 0.01 0.03 "
                                           "(default 1 %: 0.03, 10 %: 0.01)"),
-    lr_head: list[str] = typer.Option(None, help="Head lr grid, comma list or repeated (default 1 %: 0.08, "
+    lr_head: list[str] = typer.Option(None, help="Head lr grid: --lr-head 0.08 0.1 (default 1 %: 0.08, "
                                       "10 %: 0.1)"),
     grid: bool = typer.Option(False, "--grid", help=f"VICReg B.2's grid search: backbone lrs "
                               f"{semi_protocol.GRID_BACKBONE} x head lrs {semi_protocol.GRID_HEAD}, where "

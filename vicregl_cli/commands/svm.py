@@ -9,18 +9,17 @@ import typer
 
 from vicregl_cli.backbones import resolve_weights
 from vicregl_cli.cli_options import with_feature_options, with_run_options
-from vicregl_cli.commands.app import BACKBONE_HELP, EXTRA_ARGS, WEIGHTS_HELP, app
+from vicregl_cli.commands.app import BACKBONE_HELP, WEIGHTS_HELP, app, multi_value
 from vicregl_cli.evaluate import svm as svm_protocol
 from vicregl_cli.evaluate.svm_fit import VISSL_COSTS, VISSL_FOLDS, VISSL_MAX_ITER
 from vicregl_cli.options import FeatureOptions, RunOptions
 from vicregl_cli.sweep import parse_grid, run_protocol
 
 
-@app.command(context_settings=EXTRA_ARGS)
+@app.command(cls=multi_value("--cost"))
 @with_run_options()
 @with_feature_options()
 def svm(
-    ctx: typer.Context,
     weights: str = typer.Option(..., help=WEIGHTS_HELP),
     data: Path = typer.Option(
         ..., help="VOC root (VOC2007): ImageSets/Main/<class>_<split>.txt, JPEGImages/"
@@ -44,7 +43,7 @@ def svm(
     """VOC07 classification: one linear SVM per class on frozen features, cost by cross-validation; mAP."""
     config = svm_protocol.SvmConfig(
         data=data, train_split=train_split, test_split=test_split,
-        costs=tuple(parse_grid([*(cost or []), *ctx.args], "--cost") or VISSL_COSTS), folds=folds,
+        costs=tuple(parse_grid(cost, "--cost") or VISSL_COSTS), folds=folds,
         max_iter=max_iter, jobs=jobs, seed=seed, batch_size=batch_size, device=run.device, **asdict(features),
     )  # fmt: skip
     run_protocol(svm_protocol, config, resolve_weights(weights, backbone, seed), out, run)

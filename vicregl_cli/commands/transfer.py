@@ -10,7 +10,7 @@ import typer
 
 from vicregl_cli.backbones import resolve_weights
 from vicregl_cli.cli_options import with_run_options
-from vicregl_cli.commands.app import BACKBONE_HELP, EXTRA_ARGS, WEIGHTS_HELP, app
+from vicregl_cli.commands.app import BACKBONE_HELP, WEIGHTS_HELP, app, multi_value
 from vicregl_cli.errors import UserError
 from vicregl_cli.options import RunOptions
 from vicregl_cli.sweep import parse_grid, run_protocol
@@ -22,10 +22,9 @@ from vicregl_cli.transfer.segment_plan import SegmentSettings
 from vicregl_cli.transfer.tv_detection import DetectionSettings
 
 
-@app.command(context_settings=EXTRA_ARGS)
+@app.command(cls=multi_value("--lr", "--cfg-options"))
 @with_run_options(gpus_per_node=4)
 def segment(
-    ctx: typer.Context,
     weights: str = typer.Option(..., help=WEIGHTS_HELP),
     dataset: str = typer.Option(..., help="voc, voc-aug, cityscapes or ade20k (vicregl_cli/configs/segment)"),
     data_root: Path = typer.Option(..., help="Dataset root, e.g. VOCdevkit/VOC2012"),
@@ -48,9 +47,6 @@ def segment(
     run: RunOptions,
 ) -> None:
     """Semantic segmentation transfer (linear / FCN heads) on mmsegmentation, with a learning-rate sweep."""
-    lr_values, options = list(lr or []), list(cfg_options or [])
-    for extra in ctx.args:  # `--lr 0.1 0.05` / `--cfg-options a=1 b=2`: values with "=" are cfg options
-        (options if "=" in extra else lr_values).append(extra)
     if export_only and run.slurm is not None:
         raise UserError("--export-only writes the configs here and trains nothing: drop --slurm")
     if run.slurm is not None:
@@ -61,9 +57,9 @@ def segment(
         processes = int(os.environ.get("WORLD_SIZE", "1"))
     settings = SegmentSettings(
         dataset=dataset, data_root=data_root, protocol=protocol, frozen=frozen,
-        lrs=tuple(parse_grid(lr_values, "--lr")) or None, iters=iters, batch_size=batch_size,
+        lrs=tuple(parse_grid(lr, "--lr")) or None, iters=iters, batch_size=batch_size,
         crop_size=crop_size, processes=processes, workers=workers, seed=seed, device=run.device,
-        cfg_options=tuple(options),
+        cfg_options=tuple(cfg_options or ()),
     )  # fmt: skip
     resolved = resolve_weights(weights, backbone, seed)
     if run.dry_run or not export_only:
@@ -75,10 +71,9 @@ def segment(
             typer.echo(command)
 
 
-@app.command(context_settings=EXTRA_ARGS)
+@app.command(cls=multi_value("--lr"))
 @with_run_options()
 def detect(
-    ctx: typer.Context,
     weights: str = typer.Option(..., help=WEIGHTS_HELP),
     dataset: str = typer.Option(..., help="voc (one VOC folder: train -> val), voc0712, coco, coco-10pct"),
     data_root: Path = typer.Option(..., help="VOC folder, VOCdevkit (voc0712) or COCO root"),
@@ -122,7 +117,7 @@ def detect(
         num_gpus = num_gpus or run.slurm.gpus_per_node  # the job's GPUs, not this machine's
     config = detect_protocol.DetectConfig(
         dataset=dataset, data_root=data_root, engine=engine,
-        lrs=tuple(parse_grid([*(lr or []), *ctx.args], "--lr")) or None, iters=iters, batch_size=batch_size,
+        lrs=tuple(parse_grid(lr, "--lr")) or None, iters=iters, batch_size=batch_size,
         num_gpus=num_gpus, settings=settings, device=run.device, frozen=frozen,
     )  # fmt: skip
     resolved = resolve_weights(weights, backbone, seed)

@@ -103,3 +103,18 @@ def test_bad_overrides_are_one_clear_error(captured, arguments, message):
 def test_assignments_read_dashes_as_underscores_and_keep_text():
     assert parse_assignments(["batch-size=8", "mlp=8-8", "data=/x=y"]) == {
         "batch_size": "8", "mlp": "8-8", "data": "/x=y"}  # fmt: skip
+
+
+def test_every_field_carries_the_help_its_flag_shows():
+    import dataclasses
+
+    from vicregl_cli.pretrain.config import PretrainConfig
+
+    fields = dataclasses.fields(PretrainConfig)
+    assert [spec.name for spec in fields if not spec.metadata.get("help")] == []
+    from vicregl_cli.commands.pretrain import config_flags
+
+    shown = {flag.name: flag.default.help for flag in config_flags()}
+    assert shown["cov_coeff"] == "Covariance coefficient (nu) (float, default 1.0)"
+    assert shown["num_matches"] == "Kept matches per direction, e.g. 20,4 (list of int, default [20, 4])"
+    assert PretrainConfig().num_matches is not PretrainConfig().num_matches  # list defaults are not shared

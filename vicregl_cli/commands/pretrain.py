@@ -1,7 +1,8 @@
 """`vicregl pretrain`: VICRegL (VICReg when alpha = 1) on one machine, under torchrun, or through SLURM.
 
-Every PretrainConfig field is a flag here, generated from the dataclass (a new field needs no edit here), and
-can also be given as KEY=VALUE after the options: `vicregl pretrain --config demo epochs=3 cov_coeff=2`.
+Every PretrainConfig field is a flag here, generated from the dataclass with its help text (a new field needs
+no edit here), and can also be given as KEY=VALUE after the options:
+`vicregl pretrain --config demo epochs=3 cov_coeff=2`.
 """
 
 from __future__ import annotations
@@ -21,38 +22,6 @@ from vicregl_cli.pretrain import loop, plan, slurm
 from vicregl_cli.pretrain.config import PretrainConfig, load_config, parse_assignments, type_name
 
 PANEL = "Pretraining settings (or KEY=VALUE)"
-FLAG_HELP = {  # optional: a field without an entry still gets its flag, with its type and default
-    "data": "ImageFolder root: DATA/<class>/<image>",
-    "out": "Run folder: checkpoint.pth, backbone.pth, stats.jsonl, config.yaml",
-    "backbone": "Registry name (vicregl backbones), e.g. resnet50",
-    "drop_path_rate": "ConvNeXt stochastic depth",
-    "mlp": "Expander widths, e.g. 8192-8192-8192",
-    "maps_mlp": "Per-location projector widths, e.g. 512-512-512",
-    "alpha": "alpha * global + (1 - alpha) * local; 1 = VICReg",
-    "num_matches": "Kept matches per direction, e.g. 20,4",
-    "l2_all_matches": "Keep every feature match (reference code) or filter (paper)",
-    "inv_coeff": "Invariance coefficient (lambda)",
-    "var_coeff": "Variance coefficient (mu)",
-    "cov_coeff": "Covariance coefficient (nu)",
-    "crop_sizes": "Crop size per group, e.g. 224,96",
-    "crop_counts": "Views per group, e.g. 2,6",
-    "crop_min_scales": "Min crop scale per group, e.g. 0.4,0.08",
-    "crop_max_scales": "Max crop scale per group, e.g. 1,0.4",
-    "ignore_flips": "Positions ignore flips (reference code) or mirror them (paper)",
-    "blur_probs": "Gaussian blur probability of even, odd crops (1,0.1)",
-    "solarize_probs": "Solarisation probability of even, odd crops (0,0.2)",
-    "optimizer": "lars (ResNets) or adamw (ConvNeXts)",
-    "base_lr": "Peak lr = base_lr x batch_size / 256",
-    "end_lr_ratio": "Final lr of the cosine schedule, as a fraction of the peak",
-    "batch_size": "Global batch size (all processes together)",
-    "precision": "bf16, fp16 or fp32 (CPU runs fp32)",
-    "num_workers": "Data-loading processes per training process",
-    "checkpoint_every": "Epochs between checkpoints",
-    "log_every": "Steps between stats.jsonl lines",
-    "probe": "Online linear probe on detached features",
-    "monitor_data": "Online k-NN monitor: ImageFolder root with train/ and val/ (top-1@20 in stats.jsonl)",
-    "monitor_every": "Epochs between online k-NN evaluations",
-}
 BOOL_FLAGS = {  # the two switches whose off-side has a name of its own
     "l2_all_matches": "--l2-all-matches/--filter-l2-matches",
     "ignore_flips": "--ignore-flips/--mirror-flips",
@@ -69,7 +38,7 @@ def _flag(spec: dataclasses.Field) -> inspect.Parameter:
     default = spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
     kind = type_name(spec.name).replace("[", " of ").replace("]", "")  # brackets would read as rich markup
     shown = f"default {default}" if default not in ("", None) else "no default"
-    help_text = f"{FLAG_HELP.get(spec.name, spec.name.replace('_', ' '))} ({kind}, {shown})"
+    help_text = f"{spec.metadata['help']} ({kind}, {shown})"
     option = typer.Option(None, declaration, help=help_text, rich_help_panel=PANEL, show_default=False)
     return inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=option)
 

@@ -17,45 +17,53 @@ from vicregl_cli.files import write_text_atomic
 from vicregl_cli.pretrain.presets import read_config_source
 
 
+def setting(default: Any, help: str) -> Any:
+    """A config field with its command-line help (the flags of `vicregl pretrain` are generated from these);
+    a list default is copied for every instance."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class PretrainConfig:
     """Everything a pretraining run depends on; defaults are the reference ResNet-50 run (README of
     VICRegL)."""
 
-    data: str = ""  # ImageFolder root (class folders; labels only feed the online probe)
-    out: str = "runs/pretrain"
-    backbone: str = "resnet50"
-    drop_path_rate: float = 0.1  # ConvNeXt stochastic depth (ignored by ResNets)
-    mlp: str = "8192-8192-8192"  # expander widths
-    maps_mlp: str = "512-512-512"  # per-location projector widths
-    alpha: float = 0.75  # alpha * global + (1 - alpha) * local; 1 = VICReg, 0 = local only
-    num_matches: list[int] = field(default_factory=lambda: [20, 4])
-    l2_all_matches: bool = False  # True keeps every feature-based match (reference default); paper filters
-    inv_coeff: float = 25.0
-    var_coeff: float = 25.0
-    cov_coeff: float = 1.0
-    crop_sizes: list[int] = field(default_factory=lambda: [224])
-    crop_counts: list[int] = field(default_factory=lambda: [2])
-    crop_min_scales: list[float] = field(default_factory=lambda: [0.08])
-    crop_max_scales: list[float] = field(default_factory=lambda: [1.0])
-    ignore_flips: bool = False  # True: positions ignore horizontal flips, as the reference code does
-    blur_probs: list[float] = field(default_factory=lambda: [1.0, 0.1])  # Gaussian blur p, (even, odd) crops
-    solarize_probs: list[float] = field(default_factory=lambda: [0.0, 0.2])  # solarisation p, (even, odd)
-    optimizer: str = "lars"  # lars | adamw
-    base_lr: float = 0.2  # peak lr = base_lr * batch_size / 256
-    weight_decay: float = 1e-6
-    epochs: int = 300
-    warmup_epochs: int = 10
-    end_lr_ratio: float = 1e-3
-    batch_size: int = 2048  # global, over every process
-    precision: str = "bf16"  # bf16 | fp16 | fp32 (CPU always runs fp32)
-    num_workers: int = 8  # data-loading processes per training process
-    seed: int = 0
-    checkpoint_every: int = 1  # epochs
-    log_every: int = 50  # steps between stats.jsonl lines
-    probe: bool = True  # online linear probe on detached pooled features (labels of the ImageFolder)
-    monitor_data: str | None = None  # ImageFolder root (train/, val/): online k-NN top-1@20 (monitor.py)
-    monitor_every: int = 1  # epochs between online k-NN evaluations
+    data: str = setting("", "ImageFolder root: DATA/<class>/<image>")
+    out: str = setting("runs/pretrain", "Run folder: checkpoint.pth, backbone.pth, stats.jsonl, config.yaml")
+    backbone: str = setting("resnet50", "Registry name (vicregl backbones), e.g. resnet50")
+    drop_path_rate: float = setting(0.1, "ConvNeXt stochastic depth")
+    mlp: str = setting("8192-8192-8192", "Expander widths, e.g. 8192-8192-8192")
+    maps_mlp: str = setting("512-512-512", "Per-location projector widths, e.g. 512-512-512")
+    alpha: float = setting(0.75, "alpha * global + (1 - alpha) * local; 1 = VICReg")
+    num_matches: list[int] = setting([20, 4], "Kept matches per direction, e.g. 20,4")
+    l2_all_matches: bool = setting(False, "Keep every feature match (reference code) or filter (paper)")
+    inv_coeff: float = setting(25.0, "Invariance coefficient (lambda)")
+    var_coeff: float = setting(25.0, "Variance coefficient (mu)")
+    cov_coeff: float = setting(1.0, "Covariance coefficient (nu)")
+    crop_sizes: list[int] = setting([224], "Crop size per group, e.g. 224,96")
+    crop_counts: list[int] = setting([2], "Views per group, e.g. 2,6")
+    crop_min_scales: list[float] = setting([0.08], "Min crop scale per group, e.g. 0.4,0.08")
+    crop_max_scales: list[float] = setting([1.0], "Max crop scale per group, e.g. 1,0.4")
+    ignore_flips: bool = setting(False, "Positions ignore flips (reference code) or mirror them (paper)")
+    blur_probs: list[float] = setting([1.0, 0.1], "Gaussian blur probability of even, odd crops")
+    solarize_probs: list[float] = setting([0.0, 0.2], "Solarisation probability of even, odd crops")
+    optimizer: str = setting("lars", "lars (ResNets) or adamw (ConvNeXts)")
+    base_lr: float = setting(0.2, "Peak lr = base_lr x batch_size / 256")
+    weight_decay: float = setting(1e-6, "Weight decay (LARS: not on biases and norms)")
+    epochs: int = setting(300, "Pretraining epochs")
+    warmup_epochs: int = setting(10, "Linear warm-up epochs before the cosine decay")
+    end_lr_ratio: float = setting(1e-3, "Final lr of the cosine schedule, as a fraction of the peak")
+    batch_size: int = setting(2048, "Global batch size (all processes together)")
+    precision: str = setting("bf16", "bf16, fp16 or fp32 (CPU runs fp32)")
+    num_workers: int = setting(8, "Data-loading processes per training process")
+    seed: int = setting(0, "Model init, augmentation and data-order seed")
+    checkpoint_every: int = setting(1, "Epochs between checkpoints")
+    log_every: int = setting(50, "Steps between stats.jsonl lines")
+    probe: bool = setting(True, "Online linear probe on detached features")
+    monitor_data: str | None = setting(None, "Online k-NN monitor: ImageFolder root, train/ and val/")
+    monitor_every: int = setting(1, "Epochs between online k-NN evaluations")
 
     def mlp_widths(self) -> list[int]:
         return parse_widths("mlp", self.mlp)

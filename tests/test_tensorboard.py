@@ -143,9 +143,12 @@ def test_semi_and_knn_write_curves_and_final_metrics(synthetic, tmp_path):
 
     cached = dataclasses.replace(linear_config, lrs=(0.1, 1.0), cached=True)
     records = run_protocol(linear, cached, weights, tmp_path / "cached")
-    for record in records:  # one point, two member runs: each gets its own final metrics
+    for record, lr in zip(records, (0.1, 1.0), strict=True):  # one point, two member runs, a curve each
         scalars = read_scalars(tmp_path / "cached" / record["run"] / "tb")
         assert scalars["metrics/top1"] == [(0, pytest.approx(record["metrics"]["top1"]))]
+        np.testing.assert_allclose([value for _, value in scalars["train/lr"]], [lr, lr / 2], rtol=1e-6)
+        val_top1 = [value for _, value in scalars["val/top1"]]
+        assert len(scalars["train/loss"]) == 2 and max(val_top1) == pytest.approx(record["metrics"]["top1"])
 
 
 def test_segment_run_logs_its_validation_metrics_to_the_run_folder_tb(tmp_path):

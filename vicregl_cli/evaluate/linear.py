@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,11 +71,12 @@ def train_heads_on_features(
     seed: int = 0,
     schedule: LrSchedule | None = None,
     show_progress: bool = True,
+    curves: Sequence[ScalarLog] = (),
 ) -> TrainedHeads:
     """Train one linear head per learning rate at once: each batch of features feeds every head (one batched
     matmul), each head has its own SGD step (momentum, wd, per-epoch `schedule`, default cosine). Every head
     starts from the same seeded init and sees the same seeded batch order, so head i equals a run with
-    lrs[i] alone."""
+    lrs[i] alone. `curves` (one per head, optional): its per-epoch loss, lr and val accuracy."""
     schedule = schedule or LrSchedule("cosine", epochs)
     device = train_features.device
     count, width = train_features.shape
@@ -90,6 +92,7 @@ def train_heads_on_features(
         for epoch in range(epochs):
             lr = base_lrs * schedule.factor(epoch)
             order = torch.randperm(count, generator=torch.Generator().manual_seed(seed + epoch)).to(device)
+            loss_sums = torch.zeros(heads, dtype=torch.float64)
             for start in range(0, count, batch_size):
                 batch = order[start : start + batch_size]
                 logits = torch.baddbmm(
@@ -98,7 +101,9 @@ def train_heads_on_features(
                 losses = F.cross_entropy(
                     logits.flatten(0, 1), train_labels[batch].repeat(heads), reduction="none"
                 )
-                loss = losses.view(heads, -1).mean(dim=1).sum()
+                head_losses = losses.view(heads, -1).mean(dim=1)
+                loss_sums += head_losses.detach().double().cpu()
+                loss = head_losses.sum()
                 weight.grad = bias.grad = None
                 loss.backward()
                 with torch.no_grad():
@@ -115,6 +120,10 @@ def train_heads_on_features(
                 for index in range(heads):
                     top1, top5 = accuracy_of_linear(val_features, val_labels, weight[index], bias[index])
                     best[index].update(top1, top5, epoch)
+                    if curves:
+                        train = {"loss": float(loss_sums[index]) / steps_per_epoch, "lr": float(lr[index])}
+                        curves[index].scalars(train, epoch + 1, prefix="train/")
+                        curves[index].scalars({"top1": top1, "top5": top5}, epoch + 1, prefix="val/")
     return TrainedHeads([result.metrics() for result in best], weight.detach(), bias.detach())
 
 
@@ -250,6 +259,7 @@ def _train_cached(point: SweepPoint) -> dict[str, dict[str, float]]:
     extractor = extractor_from_config(config, point.weights, device, train_set)
     train_features, train_labels = extractor.features(train_set, "train features")
     val_features, val_labels = extractor.features(val_set, "val features")
+    curves = [ScalarLog(member.folder, enabled=is_main_process()) for member in point.members]
     results = train_heads_on_features(
         train_features.to(device),
         train_labels.to(device),
@@ -264,5 +274,8 @@ def _train_cached(point: SweepPoint) -> dict[str, dict[str, float]]:
         seed=config.seed,
         schedule=schedule_of(config),
         show_progress=is_main_process(),
+        curves=curves,
     )
+    for log in curves:
+        log.close()
     return {member.name: metrics for member, metrics in zip(point.members, results.metrics, strict=True)}

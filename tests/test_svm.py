@@ -15,7 +15,7 @@ from vicregl_cli.backbones import resolve_weights
 from vicregl_cli.data.readers import parse_voc_xml
 from vicregl_cli.data.scenes import CLASS_NAMES
 from vicregl_cli.data.synthetic import generate
-from vicregl_cli.data.voc_classification import VOCClassificationImages, read_classification_split
+from vicregl_cli.data.voc_classification import read_classification_split, split_images
 from vicregl_cli.errors import UserError
 from vicregl_cli.evaluate import svm
 from vicregl_cli.evaluate.features import eval_transform, extractor_from_config
@@ -120,8 +120,9 @@ def test_reader_orders_ids_and_keeps_devkit_labels(tmp_path):
     split = read_classification_split(root, "trainval")
     assert split.ids == ["000002", "000009"] and split.classes == ["cat", "dog"]
     assert split.labels.tolist() == [[-1, 1], [1, 0]]
-    images = VOCClassificationImages(split)
-    assert images.targets == [[-1, 1], [1, 0]] and images.samples[1][0] == root / "JPEGImages" / "000009.jpg"
+    images = split_images(split)
+    assert images.targets == [[-1, 1], [1, 0]]
+    assert images.samples[1][0] == str(root / "JPEGImages" / "000009.jpg")
 
 
 def test_reader_errors_name_the_file(tmp_path):
@@ -179,10 +180,10 @@ def test_svm_protocol_matches_direct_fit_on_the_same_features(synthetic_voc, tmp
     train, test = (read_classification_split(synthetic_voc, name) for name in ("trainval", "test"))
     transform = eval_transform(32, 32)
     extractor = extractor_from_config(
-        config, weights, torch.device("cpu"), VOCClassificationImages(train, transform)
+        config, weights, torch.device("cpu"), split_images(train, transform)
     )
-    train_features = normalise(extractor.features(VOCClassificationImages(train, transform))[0].numpy())
-    test_features = normalise(extractor.features(VOCClassificationImages(test, transform))[0].numpy())
+    train_features = normalise(extractor.features(split_images(train, transform))[0].numpy())
+    test_features = normalise(extractor.features(split_images(test, transform))[0].numpy())
     aps = []
     for index, name in enumerate(train.classes):
         fold_ap, chosen, model = reference_fit(train_features, train.labels[:, index], list(config.costs))

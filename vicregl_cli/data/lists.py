@@ -19,12 +19,13 @@ from vicregl_cli.errors import UserError
 
 
 class LabelledImages(Dataset):
-    """Images named by a list file; items are (transform(image), label)."""
+    """Images named by a list file; items are (transform(image), label). A label is a class index, or for
+    multi-label sets (VOC classification) a row of per-class labels."""
 
     def __init__(
         self,
         root: Path,
-        samples: list[tuple[str, int]],
+        samples: list[tuple[str, Any]],
         classes: Sequence[str],
         transform: Callable[[Image.Image], Any] | None = None,
     ) -> None:

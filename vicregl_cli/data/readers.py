@@ -113,7 +113,8 @@ def voc_class_names(voc_root: Path) -> list[str]:
     return names
 
 
-def _require_voc_root(voc_root: Path) -> Path:
+def require_voc_root(voc_root: Path) -> Path:
+    """`voc_root` (a VOC year folder with ImageSets/), or a UserError that says what it holds instead."""
     voc_root = Path(voc_root).expanduser()
     if voc_root.is_dir() and not (voc_root / "ImageSets").is_dir():
         nested = [child.name for child in sorted(voc_root.iterdir()) if (child / "ImageSets").is_dir()]
@@ -124,7 +125,7 @@ def _require_voc_root(voc_root: Path) -> Path:
 
 def read_split(voc_root: Path, imagesets_sub: str, split: str) -> list[str]:
     """The image ids listed in `ImageSets/<imagesets_sub>/<split>.txt` (first word of each non-empty line)."""
-    voc_root = _require_voc_root(voc_root)
+    voc_root = require_voc_root(voc_root)
     listing = voc_root / "ImageSets" / imagesets_sub / f"{split}.txt"
     if not listing.is_file():
         folder = listing.parent

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
-from vicregl_cli.data.readers import _require_voc_root, load_rgb, voc_class_names
+from vicregl_cli.data.lists import LabelledImages
+from vicregl_cli.data.readers import require_voc_root, voc_class_names
 from vicregl_cli.errors import UserError
 
 DEVKIT_LABELS = (-1, 0, 1)  # absent, difficult only, present
@@ -83,7 +82,7 @@ def _missing_images(paths: list[Path]) -> list[Path]:
 def read_classification_split(voc_root: Path, split: str) -> VOCClassificationSplit:
     """Read every class's `<class>_<split>.txt` (classes: `classes.txt` if present, else the 20 VOC ones);
     every file must list the same images, and each image must exist as `JPEGImages/<id>.jpg`."""
-    root = _require_voc_root(voc_root)
+    root = require_voc_root(voc_root)
     classes = voc_class_names(root)
     per_class = [_read_class_file(file) for file in _class_files(root, split, classes)]
     ids = sorted(per_class[0])
@@ -105,23 +104,11 @@ def read_classification_split(voc_root: Path, split: str) -> VOCClassificationSp
     return found
 
 
-class VOCClassificationImages(Dataset):
-    """The images of a split as (transform(image), label row): `root`, `samples`, `targets` and `classes` as
-    an ImageFolder has them, so the feature extractor and its cache treat it like one."""
-
-    def __init__(
-        self, split: VOCClassificationSplit, transform: Callable[[Image.Image], Any] | None = None
-    ) -> None:
-        self.root = split.root
-        self.classes = list(split.classes)
-        self.targets = split.labels.astype(np.int64).tolist()
-        self.samples = list(zip(split.paths, self.targets, strict=True))
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Any, torch.Tensor]:
-        path, label = self.samples[index]
-        image = load_rgb(path)
-        return (self.transform(image) if self.transform else image), torch.tensor(label)
+def split_images(
+    split: VOCClassificationSplit, transform: Callable[[Image.Image], Any] | None = None
+) -> LabelledImages:
+    """The split's images as the frozen-feature extractor reads them; each label is the image's row of devkit
+    labels (one per class), so `targets` is the (N, classes) label matrix."""
+    rows = split.labels.astype(np.int64).tolist()
+    samples = [(str(path), row) for path, row in zip(split.paths, rows, strict=True)]
+    return LabelledImages(split.root, samples, split.classes, transform)

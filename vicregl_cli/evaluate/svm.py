@@ -13,9 +13,9 @@ import torch.distributed as dist
 
 from vicregl_cli.backbones.weights import WeightsRef
 from vicregl_cli.data.voc_classification import (
-    VOCClassificationImages,
     VOCClassificationSplit,
     read_classification_split,
+    split_images,
 )
 from vicregl_cli.distributed import compute_device, is_main_process, world_size
 from vicregl_cli.errors import UserError
@@ -128,8 +128,7 @@ def run_point(point: SweepPoint) -> dict[str, float]:
     config: SvmConfig = point.task
     train, test = read_splits(config)
     transform = eval_transform(config.resize, config.image_size)
-    train_images = VOCClassificationImages(train, transform)
-    test_images = VOCClassificationImages(test, transform)
+    train_images, test_images = split_images(train, transform), split_images(test, transform)
     extractor = extractor_from_config(config, point.weights, compute_device(config.device), train_images)
     train_features, _ = extractor.features(train_images, f"{config.train_split} features")
     test_features, _ = extractor.features(test_images, f"{config.test_split} features")

@@ -10,8 +10,6 @@ import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import yaml
-
 from vicregl_cli.backbones.registry import get_spec
 from vicregl_cli.backbones.weights import WeightsRef
 from vicregl_cli.data.readers import VOC_CLASSES, voc_class_names
@@ -20,10 +18,8 @@ from vicregl_cli.sweep import SweepPoint, point_name
 from vicregl_cli.transfer import detectron2_run, tv_detection
 from vicregl_cli.transfer.detectron2_config import (
     DATASET_PROTOCOL,
-    linear_det_config,
     resnet_geometry,
     solver,
-    write_config,
 )
 from vicregl_cli.transfer.detectron2_export import ExportResult, write_detectron2_files
 from vicregl_cli.transfer.tv_detection import DetectionSettings
@@ -190,15 +186,12 @@ def _write_detectron2(
     config: DetectConfig, weights: WeightsRef, folder: Path, lr: float | None, name: str, output_dir: Path
 ) -> ExportResult:
     """`folder/backbone.pkl` (from the weights in memory) and the benchmark config naming it (`--frozen`: with
-    Linear Det.'s freeze settings, `linear_det_config`)."""
-    written = write_detectron2_files(
+    Linear Det.'s freeze settings)."""
+    return write_detectron2_files(
         weights, folder, config_name=name, output_dir=output_dir, dataset=config.dataset,
         data_root=config.data_root, class_names=_class_names(config.dataset, Path(config.data_root)),
-        batch_size=config.batch_size, base_lr=lr, iters=config.iters,
+        batch_size=config.batch_size, base_lr=lr, iters=config.iters, frozen=config.frozen,
     )  # fmt: skip
-    if config.frozen:  # the shared export writer has no freeze option: rewrite its config with one
-        write_config(written.config, linear_det_config(yaml.safe_load(written.config.read_text())))
-    return written
 
 
 def run_point(point: SweepPoint) -> dict[str, float]:

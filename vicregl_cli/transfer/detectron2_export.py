@@ -11,7 +11,12 @@ from pathlib import Path
 
 from vicregl_cli.backbones.weights import WeightsRef
 from vicregl_cli.export import check_target, to_detectron2_state, write_model_zoo_pkl
-from vicregl_cli.transfer.detectron2_config import DATASET_PROTOCOL, build_config, write_config
+from vicregl_cli.transfer.detectron2_config import (
+    DATASET_PROTOCOL,
+    build_config,
+    linear_det_config,
+    write_config,
+)
 
 
 @dataclass(frozen=True)
@@ -35,9 +40,11 @@ def write_detectron2_files(
     batch_size: int,
     base_lr: float | None,
     iters: int | None,
+    frozen: bool = False,
 ) -> ExportResult:
     """`folder/backbone.pkl` from the weights in memory (`weights.state_dict()`, no file read) and
-    `folder/config_name`, the dataset's benchmark config naming it, with OUTPUT_DIR `output_dir`."""
+    `folder/config_name`, the dataset's benchmark config naming it, with OUTPUT_DIR `output_dir` (`frozen`:
+    with Linear Det.'s freeze settings)."""
     check_target("detectron2", weights.backbone)
     state = to_detectron2_state(weights.state_dict())
     pkl = write_model_zoo_pkl(Path(folder) / "backbone.pkl", state)
@@ -53,5 +60,7 @@ def write_detectron2_files(
         base_lr=base_lr,
         iters=iters,
     )
+    if frozen:
+        config = linear_det_config(config)
     config_path = write_config(Path(folder) / config_name, config)
     return ExportResult(weights=pkl, config=config_path, num_tensors=len(state))

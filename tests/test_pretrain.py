@@ -339,8 +339,8 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(train
 
 
 def test_bad_inputs_fail_before_training(train_dir, tmp_path):
-    from vicregl_cli.pretrain.checkpoint import save_checkpoint
     from vicregl_cli.pretrain.loop import train
+    from vicregl_cli.rng_state import save_checkpoint
 
     empty = tmp_path / "empty" / "cat"
     empty.mkdir(parents=True)

@@ -2,14 +2,14 @@
 
 Besides model / optimiser / scaler it holds every RNG state (torch CPU, every CUDA device, numpy, python) of
 every rank and the sampler position, so that a resumed run continues exactly where the interrupted one
-stopped. The training loop's seeding lives here too: seed_training_rng for a fresh run, restore_rng on resume.
+stopped (the RNG capture and the atomic write: vicregl_cli/rng_state.py). The training loop's seeding lives
+here too: seed_training_rng for a fresh run, restore_rng on resume.
 """
 
 from __future__ import annotations
 
 import random
 import sys
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,8 @@ from torch import nn
 
 from vicregl_cli.distributed import DistEnv
 from vicregl_cli.errors import UserError
-from vicregl_cli.files import write_atomic
 from vicregl_cli.pretrain.config import PretrainConfig, to_dict
+from vicregl_cli.rng_state import rng_state, save_checkpoint, set_rng_state
 
 MUST_MATCH_ON_RESUME = (
     "backbone",
@@ -34,47 +34,6 @@ MUST_MATCH_ON_RESUME = (
     "crop_sizes",
     "crop_counts",
 )
-
-
-def rng_state() -> dict[str, Any]:
-    """Every global RNG state of this process, as tensors / plain values (weights_only-safe)."""
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {
-            "kind": kind,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "position": int(position),
-            "has_gauss": int(has_gauss),
-            "cached": float(cached),
-        },
-        "python": random.getstate(),
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what rng_state() captured."""
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    numpy_state = state["numpy"]
-    np.random.set_state(
-        (
-            numpy_state["kind"],
-            numpy_state["keys"].numpy().astype(np.uint32),
-            numpy_state["position"],
-            numpy_state["has_gauss"],
-            numpy_state["cached"],
-        )
-    )
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """torch.save `payload` to `path` atomically: a crash never leaves a partial checkpoint."""
-    write_atomic(path, partial(torch.save, payload))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """RUN/checkpoint.pth of the torchvision engine: model, optimiser, iterations done and the RNG states, written
 atomically every `checkpoint_every` iterations, at the end of training and when a stop signal arrives
 (SIGTERM / SIGUSR1 / SIGUSR2, as pretraining), so that a run requeued by SLURM or started again resumes
-exactly. The atomic write, RNG capture and signal handling are pretraining's (vicregl_cli/pretrain)."""
+exactly. The atomic write and RNG capture are vicregl_cli/rng_state.py's, the signal handling is
+vicregl_cli/interrupts.py's (both shared with pretraining)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from vicregl_cli.errors import UserError
-from vicregl_cli.pretrain.checkpoint import rng_state, save_checkpoint
+from vicregl_cli.rng_state import rng_state, save_checkpoint
 from vicregl_cli.transfer.tv_detection.settings import DetectionSettings
 
 CHECKPOINT = "checkpoint.pth"

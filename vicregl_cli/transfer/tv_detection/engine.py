@@ -17,8 +17,8 @@ from vicregl_cli.backbones.weights import WeightsRef
 from vicregl_cli.distributed import resolve_device
 from vicregl_cli.errors import UserError
 from vicregl_cli.interrupts import StopRequest, TrainingInterrupted
-from vicregl_cli.pretrain.checkpoint import set_rng_state
 from vicregl_cli.progress import track
+from vicregl_cli.rng_state import set_rng_state
 from vicregl_cli.tensorboard import ScalarLog
 from vicregl_cli.transfer.tv_detection.checkpoint import CHECKPOINT, load_state, save_state
 from vicregl_cli.transfer.tv_detection.coco import COCO_DATASETS

@@ -21,7 +21,7 @@ from sklearn.model_selection import StratifiedKFold, cross_validate
 from sklearn.svm import LinearSVC
 
 from vicregl_cli.errors import UserError
-from vicregl_cli.transfer.voc_eval import voc_ap
+from vicregl_cli.voc_ap import voc_ap
 
 VISSL_COSTS: tuple[float, ...] = (0.01, 0.1, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 50.0, 100.0, 1000.0)
 VISSL_FOLDS = 3

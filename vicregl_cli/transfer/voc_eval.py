@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vicregl_cli.voc_ap import voc_ap
+
 VOC_IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 RESULTS_FILE = "comp4_det_test_{}.txt"  # the devkit's results file of one class (competition 4: any data)
 
@@ -36,22 +38,6 @@ class ImageTruth:
     boxes: np.ndarray
     labels: np.ndarray
     difficult: np.ndarray
-
-
-def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool) -> float:
-    """Area under the precision/recall curve: VOC07's 11-point mean of the best precision at recall >= t, or
-    the all-point area under the precision envelope (VOC 2010+)."""
-    if use_07_metric:
-        total = 0.0
-        for threshold in np.arange(0.0, 1.1, 0.1):
-            reached = recall >= threshold
-            total += (np.max(precision[reached]) if reached.any() else 0.0) / 11.0
-        return float(total)
-    recalls = np.concatenate(([0.0], recall, [1.0]))
-    envelope = np.concatenate(([0.0], precision, [0.0]))
-    envelope = np.maximum.accumulate(envelope[::-1])[::-1]
-    steps = np.where(recalls[1:] != recalls[:-1])[0]
-    return float(np.sum((recalls[steps + 1] - recalls[steps]) * envelope[steps + 1]))
 
 
 def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.summary.writer import event_file_writer
 from torch import nn
 
 from vicregl_cli.backbones import resolve_weights
@@ -72,7 +74,23 @@ def test_demo_pretraining_events_equal_stats_jsonl(synthetic, tmp_path):
     assert read_scalars(run / "tb") == expected
 
 
-def test_a_crash_then_resume_shows_every_step_once(synthetic, tmp_path):
+def writer_clock(monkeypatch, second: int, counter: int) -> None:
+    """The event writer's wall clock stopped at `second` and its per-process file counter set to `counter`:
+    the two parts of an event file's name that order a folder's files."""
+    monkeypatch.setattr(event_file_writer, "time", SimpleNamespace(time=lambda: float(second)))
+    monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(counter))
+
+
+# (crashed session's second and counter, resumed session's second and counter); None: the real clock
+CLOCKS = {
+    "real clock": None,
+    "same second, counter 9 then 10": ((2_000_000_000, 9), (2_000_000_000, 10)),  # "10" sorts before "9"
+    "resumed on a node whose clock is behind": ((2_000_000_000, 1), (1_000_000_000, 2)),
+}
+
+
+@pytest.mark.parametrize("clock", CLOCKS.values(), ids=CLOCKS.keys())
+def test_a_crash_then_resume_shows_every_step_once(synthetic, tmp_path, monkeypatch, clock):
     straight = tmp_path / "straight"
     train(demo_config(synthetic / "train", straight), device="cpu")
 
@@ -81,6 +99,8 @@ def test_a_crash_then_resume_shows_every_step_once(synthetic, tmp_path):
             raise RuntimeError("node lost")
 
     run = tmp_path / "crashed"
+    if clock is not None:
+        writer_clock(monkeypatch, *clock[0])
     with pytest.raises(RuntimeError, match="node lost"):
         from vicregl_cli.pretrain.loop import Hooks
 
@@ -89,6 +109,8 @@ def test_a_crash_then_resume_shows_every_step_once(synthetic, tmp_path):
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
     assert [step for step, _ in read_scalars(run / "tb")["pretrain/loss"]] == [1, 2, 3, 4]
 
+    if clock is not None:
+        writer_clock(monkeypatch, *clock[1])
     train(demo_config(synthetic / "train", run), device="cpu")
     resumed = stats_series(run)
     assert [step for step, _ in resumed["pretrain/loss"]] == [1, 2, 3, 4, 5, 6]

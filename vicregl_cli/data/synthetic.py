@@ -24,11 +24,10 @@ from vicregl_cli.data.scenes import (
     render_scene,
 )
 from vicregl_cli.data.synthetic_coco import write_coco_layout
+from vicregl_cli.data.synthetic_index import SPLITS, image_id, image_label, image_rng
 from vicregl_cli.errors import UserError
 from vicregl_cli.progress import track
 
-SPLITS: tuple[str, ...] = ("train", "val")
-LAYOUTS: tuple[str, ...] = ("voc", "classification")
 MIN_IMAGE_SIZE = 32
 
 
@@ -84,20 +83,6 @@ def voc_xml(image_id: str, scene: Scene) -> str:
         f"{objects}"
         "</annotation>\n"
     )
-
-
-def image_rng(seed: int, split: str, index: int, layout: str = "voc") -> np.random.Generator:
-    """The generator of one image: a function of (seed, split, index, layout) only, not of the worker."""
-    return np.random.default_rng([seed, SPLITS.index(split), index, LAYOUTS.index(layout)])
-
-
-def image_id(split: str, index: int) -> str:
-    return f"{split}_{index:06d}"
-
-
-def image_label(index: int) -> int:
-    """Labels cycle through the classes, so every split is balanced."""
-    return index % len(CLASS_NAMES)
 
 
 def _write_image(job: tuple[str, str, int, int, int]) -> None:

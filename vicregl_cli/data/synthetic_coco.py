@@ -12,6 +12,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from vicregl_cli.data.scenes import CLASS_NAMES, SCENE, Scene, render_scene
+from vicregl_cli.data.synthetic_index import image_id, image_label, image_rng
 from vicregl_cli.errors import UserError
 
 COCO_SPLITS = {"train": "train2017", "val": "val2017"}
@@ -50,8 +51,6 @@ def scene_annotations(scene: Scene, image_id: int, first_id: int) -> list[dict]:
 def write_coco_layout(out: Path, counts: dict[str, int], seed: int, image_size: int) -> Path:
     """Write `out/coco` beside the VOC layout already in `out/VOC2012` (COCO image id = index + 1, file name
     the VOC image's). Scenes are re-drawn with the generator that drew the VOC images, so masks match them."""
-    from vicregl_cli.data.synthetic import image_id, image_label, image_rng  # synthetic.py calls this module
-
     root = Path(out) / "coco"
     if root.exists():
         raise UserError(f"{root} already exists; remove it or choose another --out")

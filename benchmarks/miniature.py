@@ -4,6 +4,9 @@ k-NN, linear probe and frozen linear segmentation. Evidence, not pass/fail: it p
 between the markers of docs/miniature.md.
 
     .venv/bin/python benchmarks/miniature.py --out /tmp/miniature --seeds 0 1     # ~40 min on 2 cores
+
+A rerun on the same --out reuses each method's backbone and the figures in its metrics.json: only what is
+missing runs (a new measure, a seed that did not finish).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from vicregl_cli.backbones import resolve_weights, save_backbone
+from vicregl_cli.backbones import WeightsRef, resolve_weights, save_backbone
 from vicregl_cli.data.readers import image_folder
 from vicregl_cli.data.synthetic import generate
 from vicregl_cli.evaluate import knn, linear
@@ -39,36 +42,56 @@ METHODS = {
 IMAGE_SIZE = 48
 
 
-def baseline(folder: Path, seed: int, train_images: Path) -> Path:
+def baseline(folder: Path, seed: int, train_images: Path) -> None:
     """The random-init backbone of the preset, BatchNorm re-estimated on the training images."""
     backbone = yaml.safe_load(PRESET.read_text())["backbone"]
     model = resolve_weights("random", backbone, seed).build()
     recalibrate_batchnorm(model, image_folder(train_images, eval_transform(IMAGE_SIZE, IMAGE_SIZE)),
                           num_batches=100, batch_size=200, seed=seed)  # fmt: skip
     save_backbone(folder / "backbone.pth", backbone, model.state_dict())
-    return folder / "backbone.pth"
 
 
-def evaluate(weights_file: Path, data: Path, out: Path, seed: int) -> dict[str, float]:
-    """The demo's three evaluations of one backbone file: k-NN top-1@20, linear top-1, segmentation mIoU."""
-    weights = resolve_weights(weights_file)
-    features = dict(image_size=IMAGE_SIZE, resize=IMAGE_SIZE, batch_size=200, num_workers=0, device="cpu")
-    knn_config = knn.KnnConfig(data=data / "classification", ks=(20,), **features)
-    linear_config = linear.LinearConfig(data=data / "classification", lrs=(1.0, 0.3, 0.1), epochs=30,
-                                        cached=True, seed=seed, **features)  # fmt: skip
-    segment_settings = SegmentSettings(
+FEATURES = dict(image_size=IMAGE_SIZE, resize=IMAGE_SIZE, batch_size=200, num_workers=0, device="cpu")
+
+
+def knn_top1(weights: WeightsRef, data: Path, out: Path, seed: int) -> float:
+    """The demo's k-NN: top-1 at k = 20 on the classification layout."""
+    config = knn.KnnConfig(data=data / "classification", ks=(20,), **FEATURES)
+    return run_protocol(knn, config, weights, out / "knn")[0]["metrics"]["top1@20"]
+
+
+def linear_top1(weights: WeightsRef, data: Path, out: Path, seed: int) -> float:
+    """The demo's cached linear probe: the best top-1 over its three learning rates."""
+    config = linear.LinearConfig(data=data / "classification", lrs=(1.0, 0.3, 0.1), epochs=30, cached=True,
+                                 seed=seed, **FEATURES)  # fmt: skip
+    return max(record["metrics"]["top1"] for record in run_protocol(linear, config, weights, out / "linear"))
+
+
+def segment_miou(weights: WeightsRef, data: Path, out: Path, seed: int) -> float:
+    """The demo's frozen linear segmentation on the VOC layout: mIoU."""
+    settings = SegmentSettings(
         dataset="voc", data_root=data / "VOC2012", lrs=(0.1,), iters=1000, batch_size=16, crop_size=48,
         workers=0, seed=seed, device="cpu",
     )  # fmt: skip
-    with contextlib.redirect_stdout(io.StringIO()):
-        knn_records = run_protocol(knn, knn_config, weights, out / "knn")
-        linear_records = run_protocol(linear, linear_config, weights, out / "linear")
-        segment_records = run_protocol(segment, segment_settings, weights, out / "segment")
-    return {
-        "knn top1@20": knn_records[0]["metrics"]["top1@20"],
-        "linear top1": max(record["metrics"]["top1"] for record in linear_records),
-        "segment mIoU": max(record["metrics"]["mIoU"] for record in segment_records),
-    }
+    records = run_protocol(segment, settings, weights, out / "segment")
+    return max(record["metrics"]["mIoU"] for record in records)
+
+
+MEASURES = {"knn top1@20": knn_top1, "linear top1": linear_top1, "segment mIoU": segment_miou}
+
+
+def evaluate(weights_file: Path, data: Path, folder: Path, seed: int) -> dict[str, float]:
+    """Every measure of MEASURES on one backbone file; each figure is kept in FOLDER/metrics.json as soon as
+    it is measured, and a rerun measures only what that file lacks."""
+    saved = folder / "metrics.json"
+    metrics = json.loads(saved.read_text()) if saved.is_file() else {}
+    weights = resolve_weights(weights_file)
+    for name, measure in MEASURES.items():
+        if name not in metrics:
+            with contextlib.redirect_stdout(io.StringIO()):
+                metrics[name] = measure(weights, data, folder / "eval", seed)
+            saved.write_text(json.dumps(metrics, indent=2))
+    return {name: metrics[name] for name in MEASURES}
 
 
 def run_seed(out: Path, seed: int) -> dict[str, dict[str, float]]:
@@ -80,14 +103,14 @@ def run_seed(out: Path, seed: int) -> dict[str, dict[str, float]]:
     for method, alpha in METHODS.items():
         folder = out / f"seed{seed}" / method.split(" (")[0].replace(" ", "_") / str(alpha)
         started = time.perf_counter()
-        if alpha is None:
-            weights_file = baseline(folder, seed, data / "classification" / "train")
-        else:
+        weights_file = folder / ("backbone.pth" if alpha is None else "pretrain/backbone.pth")
+        if alpha is None and not weights_file.is_file():
+            baseline(folder, seed, data / "classification" / "train")
+        elif not weights_file.is_file():  # an earlier run's backbone.pth is reused
             overrides = dict(data=str(data / "classification" / "train"), out=str(folder / "pretrain"),
                              alpha=alpha, seed=seed)  # fmt: skip
             train(load_config(PRESET, overrides), device="cpu", command_line=["benchmarks/miniature.py"])
-            weights_file = folder / "pretrain" / "backbone.pth"
-        results[method] = evaluate(weights_file, data, folder / "eval", seed)
+        results[method] = evaluate(weights_file, data, folder, seed)
         minutes = round((time.perf_counter() - started) / 60, 1)
         print(json.dumps({"seed": seed, "method": method, **results[method], "minutes": minutes}), flush=True)
     return results

@@ -14,6 +14,7 @@ from vicregl_cli.cli import app
 from vicregl_cli.errors import UserError
 from vicregl_cli.pretrain.config import load_config
 from vicregl_cli.pretrain.loop import train
+from vicregl_cli.pretrain_hooks import monitor_hooks
 
 torch.set_num_threads(1)
 
@@ -39,7 +40,8 @@ def test_monitor_equals_knn_on_the_checkpoint_and_leaves_training_bit_identical(
     plain = tmp_path / "plain"
     train(demo_config(synthetic, plain), device="cpu")
     monitored = tmp_path / "monitored"
-    result = train(demo_config(synthetic, monitored, monitor_data=str(synthetic)), device="cpu")
+    config = demo_config(synthetic, monitored, monitor_data=str(synthetic))
+    result = train(config, device="cpu", hooks=monitor_hooks(config))
 
     lines = [json.loads(line) for line in (monitored / "stats.jsonl").read_text().splitlines()]
     monitor_lines = [line for line in lines if "knn_top1@20" in line]
@@ -76,19 +78,24 @@ def test_monitor_equals_knn_on_the_checkpoint_and_leaves_training_bit_identical(
 
 
 def test_monitor_every_two_epochs_and_after_the_last(synthetic, tmp_path):
-    from vicregl_cli.pretrain.monitor import open_monitor
-
     config = demo_config(synthetic, tmp_path, epochs=5, monitor_data=str(synthetic), monitor_every=2)
-    monitor = open_monitor(config)
+    monitor = monitor_hooks(config).monitor
     assert [epoch for epoch in range(1, 6) if monitor.due(epoch, 5)] == [2, 4, 5]
     assert (monitor.settings.ks, monitor.settings.image_size, monitor.settings.resize) == ((20,), 32, 36)
-    assert open_monitor(demo_config(synthetic, tmp_path)) is None
+    assert monitor_hooks(demo_config(synthetic, tmp_path)).monitor is None
 
 
 def test_bad_monitor_data_fails_before_training(synthetic, tmp_path):
+    def pretrain(*arguments: str) -> None:
+        invoked = CliRunner().invoke(app, ["pretrain", "--config", "demo", "--data", str(synthetic / "train"),
+                                           "--device", "cpu", *arguments])  # fmt: skip
+        assert invoked.exit_code == 1 and isinstance(invoked.exception, UserError), invoked.output
+        raise invoked.exception
+
     with pytest.raises(UserError, match="does not exist|no class folders|not a folder"):
-        train(demo_config(synthetic, tmp_path / "a", monitor_data=str(tmp_path / "missing")), device="cpu")
+        pretrain("--out", str(tmp_path / "a"), "--monitor-data", str(tmp_path / "missing"))
     with pytest.raises(UserError, match="monitor-every"):
-        config = demo_config(synthetic, tmp_path / "b", monitor_data=str(synthetic), monitor_every=0)
-        train(config, device="cpu")
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+        pretrain("--out", str(tmp_path / "b"), "--monitor-data", str(synthetic), "--monitor-every", "0")
+    with pytest.raises(UserError, match="no monitor was given"):  # the plain API cannot drop the monitor
+        train(demo_config(synthetic, tmp_path / "c", monitor_data=str(synthetic)), device="cpu")
+    assert not any((tmp_path / name).exists() for name in "abc")

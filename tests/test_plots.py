@@ -17,6 +17,7 @@ from vicregl_cli.evaluate import linear
 from vicregl_cli.plots import metric_series, plot_metric_vs_lr, plot_training_curves, read_stats, split_inputs
 from vicregl_cli.pretrain.config import load_config
 from vicregl_cli.pretrain.loop import train
+from vicregl_cli.pretrain_hooks import monitor_hooks
 from vicregl_cli.sweep import run_protocol
 
 torch.set_num_threads(1)
@@ -34,7 +35,7 @@ def demo_out(tmp_path_factory) -> Path:
     config = load_config("demo", dict(data=str(data / "train"), out=str(out / "pretrain"), epochs=2,
                                       warmup_epochs=1, batch_size=16, log_every=1, num_workers=0,
                                       monitor_data=str(data)))  # fmt: skip
-    train(config, device="cpu")
+    train(config, device="cpu", hooks=monitor_hooks(config))
     weights = resolve_weights(str(out / "pretrain" / "backbone.pth"))
     sweep = linear.LinearConfig(data=data, lrs=(1.0, 0.3, 0.1), epochs=2, batch_size=16, image_size=32,
                                 resize=36, num_workers=0, cached=True)  # fmt: skip

@@ -75,6 +75,9 @@ def pretrain(
     if twice:
         raise UserError(f"{', '.join(twice)} given both as a flag and as KEY=VALUE: give each once")
     settings = load_config(config, {**flags, **pairs})
+    from vicregl_cli.pretrain_hooks import monitor_hooks  # wires evaluate/'s k-NN monitor into the loop
+
+    hooks = monitor_hooks(settings)  # opens and checks --monitor-data, also in a dry run
     if run.dry_run:
         if run.slurm is not None:
             slurm.print_job(settings, run.slurm)
@@ -82,11 +85,13 @@ def pretrain(
             plan.print_summary(plan.dry_run(settings, device=run.device), settings)
         return
     if run.slurm is not None:
-        job = slurm.submit(settings, run.slurm, device=run.device)
+        job = slurm.submit(settings, run.slurm, device=run.device, make_hooks=monitor_hooks)
         typer.echo(f"submitted job {job.job_id}; run folder {settings.out} (logs in {job.paths.folder})")
         return
     try:
-        result = loop.train(settings, no_resume=no_resume, device=run.device, command_line=sys.argv)
+        result = loop.train(
+            settings, no_resume=no_resume, device=run.device, hooks=hooks, command_line=sys.argv
+        )
     except loop.NonFiniteLoss as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=1) from None

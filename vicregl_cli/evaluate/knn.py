@@ -205,7 +205,7 @@ def classify(
     device: torch.device,
 ) -> dict[str, float]:
     """Top-1 / top-5 per k of extracted (features, labels) pairs with the config's ks, temperature and tiles:
-    what `vicregl knn` and the online pretraining monitor (pretrain/monitor.py) both compute."""
+    what `vicregl knn` and the online pretraining monitor (evaluate/monitor.py) both compute."""
     return knn_evaluate(
         train[0].to(device),
         train[1],

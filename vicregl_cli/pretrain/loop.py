@@ -4,8 +4,9 @@ Order of a step: forward -> backward -> one all-reduce of [loss not finite, a st
 before touching the weights if the loss is not finite) -> optimiser step -> (save and stop if a signal
 arrived; a single process also acts on a signal that arrived later in the step). Everything that can be wrong
 with the input is checked before the model is built (plan.plan_run, UserError).
-At the end of an epoch: the online k-NN monitor when due (monitor.py; it leaves weights and RNG streams as
-they were), then the checkpoint when due, which also flushes RUN/tb so it matches stats.jsonl (logs.py).
+At the end of an epoch: the online k-NN monitor when due (Hooks.monitor: evaluate/monitor.py, built by the
+command; it leaves weights and RNG streams as they were), then the checkpoint when due, which also flushes
+RUN/tb so it matches stats.jsonl (logs.py).
 
 Seeding: the model is initialised from config.seed (plan.build_model); a fresh run then seeds every global
 RNG with seed + rank, a resumed one restores the saved states (checkpoint.seed_training_rng / restore_rng).
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -38,7 +39,6 @@ from vicregl_cli.pretrain.checkpoint import (
 )
 from vicregl_cli.pretrain.config import PretrainConfig, write_config
 from vicregl_cli.pretrain.logs import StatsLog, log_record, loss_terms, to_floats
-from vicregl_cli.pretrain.monitor import open_monitor
 from vicregl_cli.pretrain.optim import build_optimizer, learning_rate, set_learning_rate
 from vicregl_cli.pretrain.plan import Plan, autocast, build_model, make_loader, plan_run, to_device
 from vicregl_cli.pretrain.sampler import EpochBatchSampler
@@ -50,11 +50,21 @@ class NonFiniteLoss(RuntimeError):
     checkpoint."""
 
 
+class EpochMonitor(Protocol):
+    """What the loop asks of a monitor at the end of an epoch (the k-NN one: evaluate/monitor.py)."""
+
+    def due(self, epochs_done: int, epochs: int) -> bool: ...
+
+    def measure(self, backbone: nn.Module, device: str) -> dict[str, float]: ...
+
+
 @dataclass
 class Hooks:
-    """Optional callbacks; after_step(global step just finished (1-based), model) runs on every rank."""
+    """Optional callbacks; after_step(global step just finished (1-based), model) runs on every rank; monitor,
+    when due, measures the backbone after an epoch (every rank) and its metrics join stats.jsonl."""
 
     after_step: Callable[[int, nn.Module], None] | None = None
+    monitor: EpochMonitor | None = None
 
 
 @dataclass
@@ -80,7 +90,12 @@ def train(
     NonFiniteLoss."""
     hooks = hooks or Hooks()
     plan = plan_run(config, device)
-    monitor = open_monitor(config)
+    monitor = hooks.monitor
+    if config.monitor_data is not None and monitor is None:
+        raise UserError(
+            f"monitor_data {config.monitor_data} is set but no monitor was given: pass "
+            "hooks=vicregl_cli.pretrain_hooks.monitor_hooks(config)"
+        )
     env, run_dir = plan.env, Path(config.out)
     checkpoint_path = run_dir / "checkpoint.pth"
     resumed = None

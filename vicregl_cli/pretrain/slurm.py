@@ -9,6 +9,7 @@ The requeued job finds the checkpoint and resumes from it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +19,27 @@ from vicregl_cli.backbones.registry import get_spec
 from vicregl_cli.errors import UserError
 from vicregl_cli.options import MAX_REQUEUES, SIGNAL_DELAY_S, SlurmOptions, executor_parameters, make_executor
 from vicregl_cli.pretrain.config import PretrainConfig, to_dict, validate
-from vicregl_cli.pretrain.loop import train
+from vicregl_cli.pretrain.loop import Hooks, train
 
 
 class PretrainJob:
-    """The pickled callable submitit runs on every task; checkpoint() requeues the same job."""
+    """The pickled callable submitit runs on every task; checkpoint() requeues the same job. `make_hooks`
+    (a module-level function, pickled by name) builds the loop's hooks in the task, e.g. the k-NN monitor."""
 
-    def __init__(self, config: PretrainConfig, device: str | None = None) -> None:
+    def __init__(
+        self,
+        config: PretrainConfig,
+        device: str | None = None,
+        make_hooks: Callable[[PretrainConfig], Hooks] | None = None,
+    ) -> None:
         self.config = config
         self.device = device
+        self.make_hooks = make_hooks
 
     def __call__(self) -> dict[str, Any]:
-        result = train(self.config, device=self.device, command_line=["vicregl", "pretrain", "--slurm"])
+        hooks = self.make_hooks(self.config) if self.make_hooks is not None else None
+        command_line = ["vicregl", "pretrain", "--slurm"]
+        result = train(self.config, device=self.device, hooks=hooks, command_line=command_line)
         return {
             "start_step": result.start_step,
             "end_step": result.end_step,
@@ -39,7 +49,7 @@ class PretrainJob:
     def checkpoint(self) -> Any:
         import submitit  # optional: only --slurm needs it
 
-        return submitit.helpers.DelayedSubmission(PretrainJob(self.config, self.device))
+        return submitit.helpers.DelayedSubmission(PretrainJob(self.config, self.device, self.make_hooks))
 
 
 def _checked(config: PretrainConfig, slurm: SlurmOptions) -> str:
@@ -68,11 +78,17 @@ def print_job(config: PretrainConfig, slurm: SlurmOptions) -> None:
     print("dry run: nothing was trained, written or submitted")
 
 
-def submit(config: PretrainConfig, slurm: SlurmOptions, device: str | None = None) -> Any:
-    """Submit the run; returns the submitit Job (job.job_id, job.result())."""
+def submit(
+    config: PretrainConfig,
+    slurm: SlurmOptions,
+    device: str | None = None,
+    make_hooks: Callable[[PretrainConfig], Hooks] | None = None,
+) -> Any:
+    """Submit the run; returns the submitit Job (job.job_id, job.result()). Each task builds its loop hooks
+    with `make_hooks(config)` (the caller checks them before submitting)."""
     name = _checked(config, slurm)
     folder = Path(config.out) / "slurm"
     executor = make_executor(
         slurm, folder, name, max_requeues=MAX_REQUEUES, slurm_signal_delay_s=SIGNAL_DELAY_S
     )
-    return executor.submit(PretrainJob(dataclasses.replace(config), device))
+    return executor.submit(PretrainJob(dataclasses.replace(config), device, make_hooks))

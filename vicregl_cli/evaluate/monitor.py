@@ -6,6 +6,8 @@ No effect on the run: the backbone is evaluated in eval mode without gradient (B
 untouched, its train/eval mode restored), inside a seeded section that restores every RNG stream the
 training draws on (the feature loaders' base seeds come from the global generator). Under torchrun every
 rank extracts a strided shard of each split (evaluate/features.py), then all ranks hold all features.
+The pretraining loop knows it only as its `Hooks.monitor` (pretrain/loop.py); vicregl_cli/pretrain_hooks.py
+builds it from the run's config.
 """
 
 from __future__ import annotations
@@ -21,22 +23,20 @@ from vicregl_cli.errors import UserError
 from vicregl_cli.evaluate.classification import open_datasets
 from vicregl_cli.evaluate.features import eval_transform, extract_features
 from vicregl_cli.evaluate.knn import KnnConfig, clamp_ks, classify
-from vicregl_cli.pretrain.config import PretrainConfig
 from vicregl_cli.seeding import seeded
 
 MONITOR_K = 20
 
 
-def knn_settings(config: PretrainConfig) -> KnnConfig:
-    """`vicregl knn`'s defaults with k 20, views of the large crop size (resize in the papers' 256 : 224
+def knn_settings(data: str | Path, image_size: int, num_workers: int) -> KnnConfig:
+    """`vicregl knn`'s defaults with k 20, views of the run's large crop size (resize in the papers' 256 : 224
     proportion: 224 -> 256, 32 -> 36) and the run's data-loading workers."""
-    size = config.crop_sizes[0]
     return KnnConfig(
-        data=Path(config.monitor_data),
+        data=Path(data),
         ks=(MONITOR_K,),
-        image_size=size,
-        resize=size * 8 // 7,
-        num_workers=config.num_workers,
+        image_size=image_size,
+        resize=image_size * 8 // 7,
+        num_workers=num_workers,
     )
 
 
@@ -73,14 +73,18 @@ class KnnMonitor:
         return features, torch.as_tensor(dataset.targets, dtype=torch.int64)
 
 
-def open_monitor(config: PretrainConfig) -> KnnMonitor | None:
-    """The run's monitor (None without --monitor-data); a missing or mismatched layout is a UserError."""
-    if config.monitor_data is None:
+def open_monitor(
+    data: str | Path | None, every: int, image_size: int, num_workers: int, seed: int
+) -> KnnMonitor | None:
+    """The run's monitor on DATA/train -> DATA/val every `every` epochs (None without data); a missing or
+    mismatched layout is a UserError. `vicregl pretrain` passes its --monitor-data, --monitor-every, large
+    crop size, workers and seed (vicregl_cli/pretrain_hooks.py)."""
+    if data is None:
         return None
-    if config.monitor_every < 1:
-        raise UserError(f"--monitor-every {config.monitor_every}: give a number of epochs >= 1")
-    settings = knn_settings(config)
+    if every < 1:
+        raise UserError(f"--monitor-every {every}: give a number of epochs >= 1")
+    settings = knn_settings(data, image_size, num_workers)
     transform = eval_transform(settings.resize, settings.image_size)
     train_set, val_set = open_datasets(settings.data, transform, transform)
     settings = replace(settings, ks=tuple(clamp_ks(settings.ks, len(train_set))))
-    return KnnMonitor(settings, train_set, val_set, config.monitor_every, config.seed)
+    return KnnMonitor(settings, train_set, val_set, every, seed)

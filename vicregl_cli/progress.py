@@ -25,7 +25,9 @@ T = TypeVar("T")
 
 @dataclass
 class Tracker:
-    """Advances a task and shows `fields` (loss, lr); off a TTY, prints a line every `log_every` steps."""
+    """Advances a task and shows `fields` (loss, lr); off a TTY, prints a line every `log_every` steps. A
+    field keeps its last value until a later step gives a new one (the training loop reads its loss from
+    the device on logging steps only)."""
 
     description: str
     total: int
@@ -34,6 +36,7 @@ class Tracker:
     task_id: int | None = None
     completed: int = 0
     started: float = field(default_factory=time.perf_counter)
+    fields: dict[str, float | str] = field(default_factory=dict)
 
     def wrap(self, items: Iterable[T]) -> Iterator[T]:
         """Yield `items`, advancing one step after each (for loops run by another library's function)."""
@@ -43,7 +46,8 @@ class Tracker:
 
     def advance(self, steps: int = 1, **fields: float | str) -> None:
         self.completed += steps
-        text = "  ".join(f"{key} {_format(value)}" for key, value in fields.items())
+        self.fields.update(fields)
+        text = "  ".join(f"{key} {_format(value)}" for key, value in self.fields.items())
         if self.progress is not None:
             self.progress.update(self.task_id, advance=steps, fields=text)
             return

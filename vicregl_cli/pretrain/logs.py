@@ -70,7 +70,7 @@ def to_floats(values: dict[str, Tensor]) -> dict[str, float]:
     """One device-to-host copy for a dict of scalar tensors."""
     if not values:
         return {}
-    stacked = torch.stack([value.detach().float().reshape(()) for value in values.values()]).cpu().tolist()
+    stacked = torch.stack([value.detach().float().reshape(()) for value in values.values()]).tolist()
     return dict(zip(values, stacked, strict=True))
 
 

@@ -38,6 +38,7 @@ from vicregl_cli.pretrain.checkpoint import (
     seed_training_rng,
 )
 from vicregl_cli.pretrain.config import PretrainConfig, write_config
+from vicregl_cli.pretrain.kernels import tune_cuda_kernels
 from vicregl_cli.pretrain.logs import StatsLog, log_record, loss_terms, to_floats
 from vicregl_cli.pretrain.optim import build_optimizer, learning_rate, set_learning_rate
 from vicregl_cli.pretrain.plan import Plan, autocast, build_model, make_loader, plan_run, to_device
@@ -90,6 +91,7 @@ def train(
     NonFiniteLoss."""
     hooks = hooks or Hooks()
     plan = plan_run(config, device)
+    tune_cuda_kernels(plan.env.device)
     monitor = hooks.monitor
     if config.monitor_data is not None and monitor is None:
         raise UserError(
@@ -170,12 +172,14 @@ def train(
                     batch_in_epoch += 1
                     if hooks.after_step is not None:
                         hooks.after_step(step, model)
+                    shown = {"epoch": f"{epoch + 1}/{config.epochs}", "lr": lr}
                     if step % config.log_every == 0 or step == plan.total_steps:
                         record = log_record(outputs, epoch, step, lr, config.batch_size, last_log, env)
                         last_log = (time.perf_counter(), step)
                         stats_log.write(record)
                         result.stats.append(record)
-                    tracker.advance(epoch=f"{epoch + 1}/{config.epochs}", loss=float(outputs["loss"]), lr=lr)
+                        shown["loss"] = record["loss"]  # read from the device on logging steps only
+                    tracker.advance(**shown)
                     if env.world_size == 1:
                         signum = signum or stop.signum  # no other rank to agree with: act on it now
                     if signum:
@@ -203,13 +207,13 @@ def train(
 def _step(plan: Plan, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
           stop: StopRequest, where: str, checkpoint: Path, inputs: tuple) -> tuple[dict[str, Tensor], int]:
     """Forward, backward, then one all-reduce of [loss not finite, stop signal]; update only if the loss is
-    finite."""
+    finite. Reading those two flags is the step's only read from the device (tests/test_host_reads.py)."""
     with autocast(plan):
         outputs = model(*inputs)
     loss = outputs["loss"]
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
-    flags = torch.stack([(~torch.isfinite(loss.detach())).float(), loss.new_tensor(float(stop.signum))])
+    flags = torch.cat([(~torch.isfinite(loss.detach())).float().reshape(1), loss.new_full((1,), stop.signum)])
     if plan.env.world_size > 1:
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
     not_finite, signum = flags.tolist()

@@ -70,7 +70,7 @@ from torch.autograd.function import once_differentiable
 
 from vicregl_cli.distributed import gather_with_grad
 from vicregl_cli.errors import UserError
-from vicregl_cli.pretrain.matching import match_all, match_locations
+from vicregl_cli.pretrain.matching import distinct_slots, match_all, match_locations
 
 __all__ = ["LossTerms", "global_loss", "local_loss", "match_all", "match_locations", "slot_statistics"]
 
@@ -207,10 +207,6 @@ class _PairedSquaredError(torch.autograd.Function):
         return flat_grad, None, None
 
 
-def _ordered_pairs(num_views: int) -> list[tuple[int, int]]:
-    return [(i, j) for i in range(2) for j in range(num_views) if j != i]
-
-
 def global_loss(
     embeddings: list[Tensor], inv_coeff: float = 25.0, var_coeff: float = 25.0, cov_coeff: float = 1.0
 ) -> LossTerms:
@@ -224,9 +220,10 @@ def global_loss(
         )
     with torch.autocast(embeddings[0].device.type, enabled=False):
         stacked = torch.stack([e.float() for e in embeddings])  # (V, B, D)
-        pairs = _ordered_pairs(len(embeddings))
-        first, second = zip(*pairs, strict=True)
-        inv = inv_coeff * (stacked[list(first)] - stacked[list(second)]).pow(2).mean()
+        # every (i ∈ {0, 1}, j) difference: the 2(V - 1) pairs j ≠ i plus i = j, which add zeros (no index
+        # tensor to copy from the host)
+        differences = stacked[:2, None] - stacked[None]  # (2, V, B, D)
+        inv = inv_coeff * differences.pow(2).sum() / (2 * (len(embeddings) - 1) * stacked[0].numel())
         gathered = gather_with_grad(stacked.transpose(0, 1).contiguous())  # (N, V, D), sample-major
         samples, num_views, width = gathered.shape
         index = (
@@ -282,7 +279,7 @@ def local_loss(
         local = torch.cat([m.float() for m in maps], dim=1)  # (B, ΣL, C)
         batch, total_locations, channels = local.shape
         with torch.no_grad():
-            x_index, y_index, slot_weight, _ = match_all(
+            x_index, y_index, slot_weight, calls = match_all(
                 local,
                 torch.cat([p.to(local.device) for p in positions], dim=1),
                 [m.shape[1] for m in maps],
@@ -299,8 +296,9 @@ def local_loss(
 
         with torch.no_grad():
             gathered_index = gather_with_grad(torch.cat([x_index, y_index], dim=1))  # (N, 2S), no gradient
-            unique_slots, inverse = torch.unique(gathered_index, dim=1, return_inverse=True)
-            weight = torch.zeros(unique_slots.shape[1], device=local.device).index_add_(
+            columns, inverse = distinct_slots(calls, [m.shape[1] for m in maps], local.device)
+            unique_slots = gathered_index.index_select(1, columns)  # (N, U)
+            weight = torch.zeros(columns.shape[0], device=local.device).index_add_(
                 0, inverse, torch.cat([slot_weight, slot_weight]) / 2
             )
             samples = gathered_index.shape[0]

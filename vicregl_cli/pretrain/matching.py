@@ -4,10 +4,18 @@ direction, which locations the loss keeps and what they are matched with. One co
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+
+@functools.lru_cache(maxsize=256)
+def device_indices(values: tuple[int, ...], device: torch.device) -> Tensor:
+    """`values` as an index tensor on `device`, made once per content and device: inside a training step a
+    copy from the host would wait for the device (DESIGN §5). Shared: callers must not modify it."""
+    return torch.tensor(values, dtype=torch.long, device=device)
 
 
 def match_locations(distances: Tensor, num_matches: int | None) -> tuple[Tensor, Tensor]:
@@ -93,8 +101,8 @@ def match_all(
     ) -> None:
         """One call per (kept view, candidate view); `pair_of` (0, 1) names the pair (kept, candidate)."""
         kept, matched = match_locations(distances, count)  # (B, g, K)
-        kept_offsets = torch.tensor([offsets[view] for view in kept_views], device=maps.device)
-        candidate_offsets = torch.tensor([offsets[view] for view in candidate_views], device=maps.device)
+        kept_offsets = device_indices(tuple(offsets[view] for view in kept_views), maps.device)
+        candidate_offsets = device_indices(tuple(offsets[view] for view in candidate_views), maps.device)
         x_index.append((kept + kept_offsets[:, None]).reshape(batch, -1))
         y_index.append((matched + candidate_offsets[:, None]).reshape(batch, -1))
         slot_weight.append(maps.new_full((x_index[-1].shape[1],), 1.0 / (num_pairs * 2 * kept.shape[-1])))
@@ -124,3 +132,32 @@ def match_all(
     return Matches(
         torch.cat(x_index, dim=1), torch.cat(y_index, dim=1), torch.cat(slot_weight).float(), calls
     )
+
+
+def distinct_slots(calls: list[MatchCall], sizes: list[int], device: torch.device) -> tuple[Tensor, Tensor]:
+    """The columns of cat([kept, matched], dim=1) (B, 2S) that differ by construction (U,), and each column's
+    position among them (2S,). A call that keeps every location of its source view keeps location k in its
+    column k for every sample: those columns of all such calls are one slot per location (the statistics
+    compute it once, weighted by its multiplicity). Decided from the shapes alone: nothing is read back from
+    the device, and the index tensors are built once per shape."""
+    spans = tuple((call.source, call.columns.start, call.columns.stop) for call in calls)
+    return _distinct_slots(spans, tuple(sizes), device)
+
+
+@functools.lru_cache(maxsize=64)
+def _distinct_slots(
+    spans: tuple[tuple[int, int, int], ...], sizes: tuple[int, ...], device: torch.device
+) -> tuple[Tensor, Tensor]:
+    offsets = [sum(sizes[:view]) for view in range(len(sizes))]
+    keys: list[object] = list(range(2 * max(stop for _, _, stop in spans)))  # every column its own slot...
+    for source, start, stop in spans:
+        if stop - start == sizes[source]:  # ...but a whole view's column k is location k of the view
+            keys[start:stop] = [("location", offsets[source] + k) for k in range(stop - start)]
+    position: dict[object, int] = {}
+    columns, inverse = [], []
+    for column, key in enumerate(keys):
+        if key not in position:
+            position[key] = len(columns)
+            columns.append(column)
+        inverse.append(position[key])
+    return device_indices(tuple(columns), device), device_indices(tuple(inverse), device)

@@ -11,7 +11,9 @@ from vicregl_cli.commands.app import app
 from vicregl_cli.errors import UserError
 from vicregl_cli.interrupts import TrainingInterrupted
 
-HELP_ORDER = ("pretrain", "evaluate", "svm", "transfer", "export", "matches", "pca", "tools", "presets")
+HELP_ORDER = (
+    "pretrain", "evaluate", "svm", "transfer", "dense", "export", "matches", "pca", "tools", "presets"
+)
 
 
 def _help_rank(module: str) -> tuple[int, str]:

@@ -238,21 +238,13 @@ def _check_options(settings: SegmentSettings) -> None:
         raise UserError(f"learning rates must be positive, got {list(settings.lrs)}")
 
 
-def check_settings(settings: SegmentSettings, weights: WeightsRef) -> SegmentPlan:
-    """Check every input (options, device, data layout, classes vs masks, batch split) against the resolved
-    weights and the templates; nothing is trained or written."""
-    _check_options(settings)
-    family = get_spec(weights.backbone).family
-    if settings.protocol == "fcn" and family != "resnet":
-        raise UserError(
-            f"the fcn protocol runs mmseg's FCNHead on a dilated ResNet; {weights.backbone} is a {family}"
-        )
-    data_root = Path(settings.data_root).expanduser()
-    if not data_root.is_dir():
-        raise UserError(f"data root {data_root} does not exist")
-    template = read_template(TEMPLATES / DATASET_TEMPLATES[settings.dataset])
-    family_template = read_template(TEMPLATES / FAMILY_TEMPLATES[family])
-    _check_device(settings.device)
+def dataset_files(
+    dataset: str, data_root: Path
+) -> tuple[dict, str, list[tuple[Path, Path]], list[tuple[Path, Path]], list[str]]:
+    """(template, image suffix, train and val (image, mask) pairs, class names) of a `--dataset` root, with
+    the files and labels of a sample checked: the readers `segment` and `dense` share."""
+    _check_choice(dataset, DATASET_TEMPLATES, "dataset")
+    template = read_template(TEMPLATES / DATASET_TEMPLATES[dataset])
     img_suffix = _image_suffix(data_root, template)
     seg_suffix = template["seg_map_suffix"]
     train_pairs = [
@@ -265,6 +257,24 @@ def check_settings(settings: SegmentSettings, weights: WeightsRef) -> SegmentPla
     class_names, source = _class_names(data_root, template)
     for pairs in (train_pairs, val_pairs):
         _check_labels(pairs, len(class_names), template["reduce_zero_label"], source)
+    return template, img_suffix, train_pairs, val_pairs, class_names
+
+
+def check_settings(settings: SegmentSettings, weights: WeightsRef) -> SegmentPlan:
+    """Check every input (options, device, data layout, classes vs masks, batch split) against the resolved
+    weights and the templates; nothing is trained or written."""
+    _check_options(settings)
+    family = get_spec(weights.backbone).family
+    if settings.protocol == "fcn" and family != "resnet":
+        raise UserError(
+            f"the fcn protocol runs mmseg's FCNHead on a dilated ResNet; {weights.backbone} is a {family}"
+        )
+    data_root = Path(settings.data_root).expanduser()
+    if not data_root.is_dir():
+        raise UserError(f"data root {data_root} does not exist")
+    family_template = read_template(TEMPLATES / FAMILY_TEMPLATES[family])
+    _check_device(settings.device)
+    template, img_suffix, train_pairs, val_pairs, class_names = dataset_files(settings.dataset, data_root)
     notes: list[str] = []
     template_crop = tuple(template["crop_size"])
     if settings.crop_size:

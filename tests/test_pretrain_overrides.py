@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from vicregl_cli.cli import app
 from vicregl_cli.commands import pretrain as command
 from vicregl_cli.errors import UserError
+from vicregl_cli.pretrain import plan
 from vicregl_cli.pretrain.config import PretrainConfig, load_config, parse_assignments
 from vicregl_cli.pretrain.presets import preset_names
 
@@ -54,8 +55,8 @@ def flag_arguments(name: str, value) -> list[str]:
 def captured(monkeypatch):
     """Run `vicregl pretrain --dry-run` up to the resolved config (no data, no model)."""
     seen = []
-    monkeypatch.setattr(command.plan, "dry_run", lambda settings, device=None: seen.append(settings) or {})
-    monkeypatch.setattr(command.plan, "print_summary", lambda summary, settings: None)
+    monkeypatch.setattr(plan, "dry_run", lambda settings, device=None: seen.append(settings) or {})
+    monkeypatch.setattr(plan, "print_summary", lambda summary, settings: None)
     return seen
 
 

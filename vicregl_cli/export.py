@@ -22,8 +22,8 @@ from vicregl_cli.backbones.registry import get_spec
 from vicregl_cli.backbones.weights import WeightsRef
 from vicregl_cli.errors import UserError
 from vicregl_cli.files import write_atomic
+from vicregl_cli.protocol_defaults import EXPORT_TARGETS as TARGETS
 
-TARGETS = ("torchvision", "timm", "mmseg", "detectron2", "vicregl")
 # Registry ResNets that torchvision and timm build under the same name (same blocks, widths and 7 × 7 stem).
 STANDARD_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 MMSEG_PREFIX = "backbone."

@@ -81,6 +81,9 @@ def point_name(prefix: str, **values: float | str) -> str:
     return "_".join([prefix, *parts]) if prefix else "_".join(parts)
 
 
+VALUE_KINDS = {int: "an integer", float: "a number"}  # what parse_grid's error says a value must be
+
+
 def parse_grid(tokens: Sequence[str] | None, option: str, cast: Callable[[str], float] = float) -> list:
     """Values of a swept option given as separate tokens and/or comma lists ("0.3 0.1", "0.3,0.1")."""
     values = []
@@ -91,7 +94,8 @@ def parse_grid(tokens: Sequence[str] | None, option: str, cast: Callable[[str], 
             try:
                 values.append(cast(part.strip()))
             except ValueError:
-                raise UserError(f"{option}: {part.strip()!r} is not a {cast.__name__}") from None
+                kind = VALUE_KINDS.get(cast, f"a {cast.__name__}")
+                raise UserError(f"{option}: {part.strip()!r} is not {kind}") from None
     return values
 
 

@@ -1,5 +1,7 @@
 """The `vicregl` Typer application and the help texts its subcommands share; each module of
-vicregl_cli.commands registers its subcommands on `app` (vicregl_cli.cli imports them all)."""
+vicregl_cli.commands registers its subcommands on `app` (vicregl_cli.cli imports them all).
+The command layer imports protocol code inside its command functions (this layer's one exception to imports at
+the top), so that `--help` and argument errors answer without loading torch (benchmarks/bench_cli.py)."""
 
 import typer
 from typer.core import TyperCommand

@@ -7,14 +7,10 @@ from pathlib import Path
 
 import typer
 
-from vicregl_cli.backbones import resolve_weights
 from vicregl_cli.cli_options import with_feature_options, with_run_options
 from vicregl_cli.commands.app import BACKBONE_HELP, WEIGHTS_HELP, app, multi_value
-from vicregl_cli.evaluate import knn as knn_protocol
-from vicregl_cli.evaluate import linear as linear_protocol
-from vicregl_cli.evaluate import linear_presets
-from vicregl_cli.evaluate import semi as semi_protocol
 from vicregl_cli.options import FeatureOptions, RunOptions
+from vicregl_cli.protocol_defaults import SEMI_GRID_BACKBONE, SEMI_GRID_HEAD
 from vicregl_cli.sweep import parse_grid, run_protocol
 
 
@@ -37,8 +33,12 @@ def knn(
     run: RunOptions,
 ) -> None:
     """Weighted k-NN classification on frozen pooled features (every k in one pass; top-1 / top-5)."""
+    ks = tuple(parse_grid(k, "--k", int) or (20, 200))  # a bad value fails before torch loads
+    from vicregl_cli.backbones import resolve_weights
+    from vicregl_cli.evaluate import knn as knn_protocol
+
     config = knn_protocol.KnnConfig(
-        data=data, ks=tuple(parse_grid(k, "--k", int) or (20, 200)),
+        data=data, ks=ks,
         temperature=temperature, batch_size=batch_size, chunk_size=chunk_size,
         train_chunk_size=train_chunk_size or None, device=run.device, **asdict(features),
     )  # fmt: skip
@@ -81,10 +81,15 @@ def linear(
 ) -> None:
     """Linear probe on frozen features, with a learning-rate sweep (or --cached: all lrs at once); presets
     for the ImageNet protocol and VICReg's Places205 / iNaturalist 2018 transfers."""
+    lrs = tuple(parse_grid(lr, "--lr")) or None  # bad values fail before torch loads
+    decays = tuple(parse_grid(milestones, "--milestones", int)) or None
+    from vicregl_cli.backbones import resolve_weights
+    from vicregl_cli.evaluate import linear as linear_protocol
+    from vicregl_cli.evaluate import linear_presets
+
     settings = linear_presets.preset_settings(
-        preset, dataset=dataset, lrs=tuple(parse_grid(lr, "--lr")) or None, epochs=epochs,
-        batch_size=batch_size, weight_decay=weight_decay, schedule=schedule,
-        milestones=tuple(parse_grid(milestones, "--milestones", int)) or None, gamma=gamma,
+        preset, dataset=dataset, lrs=lrs, epochs=epochs, batch_size=batch_size, weight_decay=weight_decay,
+        schedule=schedule, milestones=decays, gamma=gamma,
     )  # fmt: skip
     config = linear_protocol.LinearConfig(
         data=data, preset=preset or "imagenet", train_list=train_list, val_list=val_list, min_scale=min_scale,
@@ -107,7 +112,7 @@ def semi(
     lr_head: list[str] = typer.Option(None, help="Head lr grid: --lr-head 0.08 0.1 (default 1 %: 0.08, "
                                       "10 %: 0.1)"),
     grid: bool = typer.Option(False, "--grid", help=f"VICReg B.2's grid search: backbone lrs "
-                              f"{semi_protocol.GRID_BACKBONE} x head lrs {semi_protocol.GRID_HEAD}, where "
+                              f"{SEMI_GRID_BACKBONE} x head lrs {SEMI_GRID_HEAD}, where "
                               "--lr-backbone / --lr-head are not given (default: the paper's pair)"),
     epochs: int = typer.Option(20),
     batch_size: int = typer.Option(256, help="Total batch size over all processes"),
@@ -120,10 +125,14 @@ def semi(
     run: RunOptions,
 ) -> None:
     """Semi-supervised fine-tuning on 1 % or 10 % of the labels (grid over backbone and head lrs)."""
+    lrs_backbone = tuple(parse_grid(lr_backbone, "--lr-backbone")) or None  # bad values: before torch loads
+    lrs_head = tuple(parse_grid(lr_head, "--lr-head")) or None
+    from vicregl_cli.backbones import resolve_weights
+    from vicregl_cli.evaluate import semi as semi_protocol
+
     config = semi_protocol.SemiConfig(
-        data=data, percent=percent, split_file=split_file,
-        lrs_backbone=tuple(parse_grid(lr_backbone, "--lr-backbone")) or None,
-        lrs_head=tuple(parse_grid(lr_head, "--lr-head")) or None, grid=grid, epochs=epochs,
+        data=data, percent=percent, split_file=split_file, lrs_backbone=lrs_backbone, lrs_head=lrs_head,
+        grid=grid, epochs=epochs,
         batch_size=batch_size, image_size=image_size, resize=resize, min_scale=min_scale, num_workers=workers,
         seed=seed, device=run.device,
     )  # fmt: skip

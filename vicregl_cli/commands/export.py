@@ -6,21 +6,23 @@ from pathlib import Path
 
 import typer
 
-from vicregl_cli.backbones import resolve_weights
 from vicregl_cli.commands.app import BACKBONE_HELP, WEIGHTS_HELP, app
-from vicregl_cli.export import TARGETS, check_target, export_weights
+from vicregl_cli.protocol_defaults import EXPORT_TARGETS
 
 
 @app.command()
 def export(
     out: Path = typer.Argument(..., help="The file to write (.pth; .pkl for detectron2)"),
     weights: str = typer.Option(..., help=WEIGHTS_HELP),
-    to: str = typer.Option(..., "--to", help=f"Target layout: {', '.join(TARGETS)}"),
+    to: str = typer.Option(..., "--to", help=f"Target layout: {', '.join(EXPORT_TARGETS)}"),
     backbone: str = typer.Option(None, help=BACKBONE_HELP),
     seed: int = typer.Option(0, help="Random init seed (--weights random)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the weights and the target, write nothing"),
 ) -> None:
     """Write a backbone for torchvision, timm, mmseg, detectron2 or the official VICRegL code."""
+    from vicregl_cli.backbones import resolve_weights
+    from vicregl_cli.export import check_target, export_weights
+
     check_target(to, backbone)  # a wrong --to fails before the weights file is read
     resolved = resolve_weights(weights, backbone, seed)
     check_target(to, resolved.backbone)

@@ -6,13 +6,14 @@ from rich.console import Console
 from rich.table import Table
 
 from vicregl_cli.commands.app import app
-from vicregl_cli.pretrain.config import load_config
-from vicregl_cli.pretrain.presets import preset_names
 
 
 @app.command()
 def presets() -> None:
     """List the packaged pretraining presets (use one with `vicregl pretrain --config NAME`)."""
+    from vicregl_cli.pretrain.config import load_config
+    from vicregl_cli.pretrain.presets import preset_names
+
     table = Table(title="vicregl pretraining presets (vicregl pretrain --config NAME)")
     table.add_column("name", no_wrap=True)
     table.add_column("backbone", no_wrap=True)

@@ -18,7 +18,6 @@ from vicregl_cli.cli_options import with_options, with_run_options
 from vicregl_cli.commands.app import app
 from vicregl_cli.errors import UserError
 from vicregl_cli.options import RunOptions
-from vicregl_cli.pretrain import loop, plan, slurm
 from vicregl_cli.pretrain.config import PretrainConfig, load_config, parse_assignments, type_name
 
 PANEL = "Pretraining settings (or KEY=VALUE)"
@@ -70,6 +69,8 @@ def pretrain(
     flags: dict[str, object],
 ) -> None:
     """Pretrain a backbone with VICRegL (VICReg when alpha = 1)."""
+    from vicregl_cli.pretrain import loop, plan, slurm
+
     pairs = parse_assignments(assignments or [])
     twice = sorted(set(pairs) & set(flags))
     if twice:

@@ -7,12 +7,10 @@ from pathlib import Path
 
 import typer
 
-from vicregl_cli.backbones import resolve_weights
 from vicregl_cli.cli_options import with_feature_options, with_run_options
 from vicregl_cli.commands.app import BACKBONE_HELP, WEIGHTS_HELP, app, multi_value
-from vicregl_cli.evaluate import svm as svm_protocol
-from vicregl_cli.evaluate.svm_fit import VISSL_COSTS, VISSL_FOLDS, VISSL_MAX_ITER
 from vicregl_cli.options import FeatureOptions, RunOptions
+from vicregl_cli.protocol_defaults import VISSL_COSTS, VISSL_FOLDS, VISSL_MAX_ITER
 from vicregl_cli.sweep import parse_grid, run_protocol
 
 
@@ -41,9 +39,12 @@ def svm(
     run: RunOptions,
 ) -> None:
     """VOC07 classification: one linear SVM per class on frozen features, cost by cross-validation; mAP."""
+    costs = tuple(parse_grid(cost, "--cost") or VISSL_COSTS)  # a bad value fails before torch loads
+    from vicregl_cli.backbones import resolve_weights
+    from vicregl_cli.evaluate import svm as svm_protocol
+
     config = svm_protocol.SvmConfig(
-        data=data, train_split=train_split, test_split=test_split,
-        costs=tuple(parse_grid(cost, "--cost") or VISSL_COSTS), folds=folds,
+        data=data, train_split=train_split, test_split=test_split, costs=costs, folds=folds,
         max_iter=max_iter, jobs=jobs, seed=seed, batch_size=batch_size, device=run.device, **asdict(features),
     )  # fmt: skip
     run_protocol(svm_protocol, config, resolve_weights(weights, backbone, seed), out, run)

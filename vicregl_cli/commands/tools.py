@@ -8,9 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from vicregl_cli.backbones import BACKBONES, parameter_count
 from vicregl_cli.commands.app import app
-from vicregl_cli.data.synthetic import check_arguments, generate
 from vicregl_cli.errors import UserError
 from vicregl_cli.report import default_metric, print_table, read_results, to_csv, to_markdown
 
@@ -26,6 +24,8 @@ def synth(
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the arguments, print what would be written"),
 ) -> None:
     """Write the synthetic dataset (ImageFolder + VOC layouts)."""
+    from vicregl_cli.data.synthetic import check_arguments, generate
+
     if dry_run:
         check_arguments(out, num_train, num_val, image_size, workers)
         typer.echo(f"would write {num_train} + {num_val} images of {image_size}x{image_size} (seed {seed})"
@@ -38,6 +38,8 @@ def synth(
 @app.command()
 def backbones() -> None:
     """List the backbone registry: parameters (no classifier), representation size, stage widths."""
+    from vicregl_cli.backbones import BACKBONES, parameter_count
+
     table = Table(title="vicregl backbones (parameters without classifier)")
     table.add_column("name", no_wrap=True)
     for column in ("parameters", "representation", "stage widths", "output stride"):

@@ -8,18 +8,11 @@ from pathlib import Path
 
 import typer
 
-from vicregl_cli.backbones import resolve_weights
 from vicregl_cli.cli_options import with_run_options
 from vicregl_cli.commands.app import BACKBONE_HELP, WEIGHTS_HELP, app, multi_value
 from vicregl_cli.errors import UserError
 from vicregl_cli.options import RunOptions
 from vicregl_cli.sweep import parse_grid, run_protocol
-from vicregl_cli.transfer import detect as detect_protocol
-from vicregl_cli.transfer import segment as segmentation
-from vicregl_cli.transfer.detect import visible_gpus
-from vicregl_cli.transfer.detectron2_run import launch_command
-from vicregl_cli.transfer.segment_plan import SegmentSettings
-from vicregl_cli.transfer.tv_detection import DetectionSettings
 
 
 @app.command(cls=multi_value("--lr", "--cfg-options"))
@@ -49,6 +42,11 @@ def segment(
     """Semantic segmentation transfer (linear / FCN heads) on mmsegmentation, with a learning-rate sweep."""
     if export_only and run.slurm is not None:
         raise UserError("--export-only writes the configs here and trains nothing: drop --slurm")
+    lrs = tuple(parse_grid(lr, "--lr")) or None  # bad values fail before torch loads
+    from vicregl_cli.backbones import resolve_weights
+    from vicregl_cli.transfer import segment as segmentation
+    from vicregl_cli.transfer.segment_plan import SegmentSettings
+
     if run.slurm is not None:
         processes = run.slurm.tasks
     elif export_only:
@@ -56,8 +54,8 @@ def segment(
     else:
         processes = int(os.environ.get("WORLD_SIZE", "1"))
     settings = SegmentSettings(
-        dataset=dataset, data_root=data_root, protocol=protocol, frozen=frozen,
-        lrs=tuple(parse_grid(lr, "--lr")) or None, iters=iters, batch_size=batch_size,
+        dataset=dataset, data_root=data_root, protocol=protocol, frozen=frozen, lrs=lrs, iters=iters,
+        batch_size=batch_size,
         crop_size=crop_size, processes=processes, workers=workers, seed=seed, device=run.device,
         cfg_options=tuple(cfg_options or ()),
     )  # fmt: skip
@@ -102,9 +100,18 @@ def detect(
 ) -> None:
     """Object detection transfer (Faster R-CNN C4 on VOC, Mask R-CNN FPN on COCO) on detectron2 or the
     embedded torchvision engine."""
+    if export_only and run.slurm is not None:
+        raise UserError("--export-only writes the .pkl and config here and trains nothing: drop --slurm")
+    lrs = tuple(parse_grid(lr, "--lr")) or None  # bad values fail before torch loads
+    train_sizes = tuple(parse_grid([min_sizes] if min_sizes else [], "--min-sizes", int)) or None
+    from vicregl_cli.backbones import resolve_weights
+    from vicregl_cli.transfer import detect as detect_protocol
+    from vicregl_cli.transfer.detect import visible_gpus
+    from vicregl_cli.transfer.detectron2_run import launch_command
+    from vicregl_cli.transfer.tv_detection import DetectionSettings
+
     settings = DetectionSettings(
-        min_sizes=tuple(parse_grid([min_sizes] if min_sizes else [], "--min-sizes", int)) or None,
-        test_size=test_size, max_size=max_size, rois_per_image=rois_per_image,
+        min_sizes=train_sizes, test_size=test_size, max_size=max_size, rois_per_image=rois_per_image,
         rpn_batch_per_image=rpn_batch_per_image, proposals_train=proposals_train,
         proposals_test=proposals_test, precise_bn_iters=precise_bn_iters, workers=workers, seed=seed,
         checkpoint_every=checkpoint_every,
@@ -116,13 +123,10 @@ def detect(
         run = dataclasses.replace(run, slurm=dataclasses.replace(run.slurm, one_task_per_node=True))
         num_gpus = num_gpus or run.slurm.gpus_per_node  # the job's GPUs, not this machine's
     config = detect_protocol.DetectConfig(
-        dataset=dataset, data_root=data_root, engine=engine,
-        lrs=tuple(parse_grid(lr, "--lr")) or None, iters=iters, batch_size=batch_size,
+        dataset=dataset, data_root=data_root, engine=engine, lrs=lrs, iters=iters, batch_size=batch_size,
         num_gpus=num_gpus, settings=settings, device=run.device, frozen=frozen,
     )  # fmt: skip
     resolved = resolve_weights(weights, backbone, seed)
-    if export_only and run.slurm is not None:
-        raise UserError("--export-only writes the .pkl and config here and trains nothing: drop --slurm")
     if run.dry_run or not export_only:
         run_protocol(detect_protocol, config, resolved, out, run)
         return

@@ -29,16 +29,14 @@ from vicregl_cli.evaluate.classification import (
 )
 from vicregl_cli.evaluate.features import eval_transform, extract_features, train_transform
 from vicregl_cli.progress import track
+from vicregl_cli.protocol_defaults import SEMI_GRID_BACKBONE, SEMI_GRID_HEAD
 from vicregl_cli.seeding import seeded
 from vicregl_cli.sweep import SweepPoint, point_name
 from vicregl_cli.tensorboard import ScalarLog
 
 # percent -> (backbone lr, head lr): the VICReg paper's semi-supervised settings
 DEFAULT_LRS = {1: (0.03, 0.08), 10: (0.01, 0.1)}
-# `--grid`: the backbone x head search of VICReg appendix B.2, which names no values: the 1-3-10 ladder around
-# the paper's lrs, with the 1 % head lr 0.08, so that both paper pairs are grid points
-GRID_BACKBONE = (0.003, 0.01, 0.03, 0.1)
-GRID_HEAD = (0.03, 0.08, 0.1, 0.3)
+GRID_BACKBONE, GRID_HEAD = SEMI_GRID_BACKBONE, SEMI_GRID_HEAD  # `--grid` (VICReg B.2; see protocol_defaults)
 
 METRIC = "top1"  # the metric that ranks the runs of a sweep
 

@@ -21,11 +21,9 @@ from sklearn.model_selection import StratifiedKFold, cross_validate
 from sklearn.svm import LinearSVC
 
 from vicregl_cli.errors import UserError
+from vicregl_cli.protocol_defaults import VISSL_COSTS, VISSL_FOLDS, VISSL_MAX_ITER
 from vicregl_cli.voc_ap import voc_ap
 
-VISSL_COSTS: tuple[float, ...] = (0.01, 0.1, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 50.0, 100.0, 1000.0)
-VISSL_FOLDS = 3
-VISSL_MAX_ITER = 2000
 CLASS_WEIGHT = {1: 2.0, -1: 1.0}
 NORM_EPSILON = 1e-5
 

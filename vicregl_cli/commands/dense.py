@@ -6,10 +6,8 @@ from pathlib import Path
 
 import typer
 
-from vicregl_cli.backbones import resolve_weights
 from vicregl_cli.cli_options import with_run_options
 from vicregl_cli.commands.app import BACKBONE_HELP, WEIGHTS_HELP, app, multi_value
-from vicregl_cli.dense import protocol as dense_protocol
 from vicregl_cli.errors import UserError
 from vicregl_cli.options import RunOptions
 from vicregl_cli.sweep import parse_grid
@@ -68,11 +66,15 @@ def dense(
         sizes = tuple(parse_memory_size(token) for token in parse_grid(memory_size, "--memory-size", str))
     except ValueError as error:
         raise UserError(f"--memory-size: {error} is not a whole number of patches or all") from None
+    overclustering = tuple(parse_grid(clusters, "--clusters", int))  # bad values fail before torch loads
+    from vicregl_cli.backbones import resolve_weights
+    from vicregl_cli.dense import protocol as dense_protocol
+
     config = dense_protocol.DenseConfig(
         dataset=dataset, data_root=data_root, protocol=protocol,
         memory_sizes=sizes or dense_protocol.DenseConfig.memory_sizes, k=k, temperature=temperature,
         passes=passes, augment=augment, input_size=input_size, stage=stage, dilate=dilate,
-        clusters=tuple(parse_grid(clusters, "--clusters", int)) or dense_protocol.OVERCLUSTERING,
+        clusters=overclustering or dense_protocol.OVERCLUSTERING,
         kmeans_iterations=kmeans_iterations, search=search, batch_size=batch_size, num_workers=workers,
         query_chunk=query_chunk, memory_chunk=memory_chunk, recalibrate_bn=bn_recalibration,
         bn_batches=bn_batches, seed=seed, device=run.device,

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import typer
 
-from vicregl_cli.backbones import resolve_weights
 from vicregl_cli.commands.app import BACKBONE_HELP, WEIGHTS_HELP, app
 
 
@@ -21,6 +20,7 @@ def pca(
     seed: int = typer.Option(0, help="Seed of a random init (--weights random)"),
 ) -> None:
     """Draw the 3 principal components of the images' dense features as RGB, foreground only (DINOv2)."""
+    from vicregl_cli.backbones import resolve_weights
     from vicregl_cli.pca_maps import PcaSettings, run_pca  # scikit-learn: loaded when the command runs
 
     refs = [resolve_weights(entry, backbone, seed) for entry in weights]

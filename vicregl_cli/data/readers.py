@@ -7,6 +7,7 @@ the unreadable file, so a wrong path fails in a second instead of deep inside a 
 
 from __future__ import annotations
 
+import os
 import warnings
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Sequence
@@ -36,12 +37,32 @@ def load_rgb(path: str | Path) -> Image.Image:
         raise UserError(f"cannot read image {path}: {error}") from None
 
 
-def _require_dir(path: Path, what: str) -> Path:
+def require_dir(path: Path, what: str) -> Path:
+    """`path` expanded, or a UserError saying that it does not exist or is not a folder."""
     path = Path(path).expanduser()
     if not path.is_dir():
         state = "is not a folder" if path.exists() else "does not exist"
         raise UserError(f"{what} {path} {state}")
     return path
+
+
+def class_folders(root: Path) -> list[str]:
+    """The sorted class folder names of an ImageFolder root (as torchvision finds them), or a UserError."""
+    root = require_dir(root, "image folder root")
+    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    if not classes:
+        raise UserError(f"image folder {root} has no class folders (expected {root}/<class>/<image>.jpg)")
+    return classes
+
+
+def require_images_per_class(root: Path, classes: Sequence[str], counts: Sequence[int]) -> None:
+    """A UserError naming the class folders that hold no image (ImageFolder's extensions)."""
+    empty = [name for name, count in zip(classes, counts, strict=True) if count == 0]
+    if empty:
+        raise UserError(
+            f"image folder {root} has class folders without images: {', '.join(empty)} "
+            f"(accepted extensions: {', '.join(IMG_EXTENSIONS)})"
+        )
 
 
 class ImageFolderDataset(ImageFolder):
@@ -50,20 +71,13 @@ class ImageFolderDataset(ImageFolder):
     samples: list[tuple[Path, int]]
 
     def __init__(self, root: Path, transform: Callable[[Image.Image], Any] | None = None) -> None:
-        root = _require_dir(root, "image folder root")
-        class_dirs = sorted(entry.name for entry in root.iterdir() if entry.is_dir())
-        if not class_dirs:
-            raise UserError(f"image folder {root} has no class folders (expected {root}/<class>/<image>.jpg)")
+        root = require_dir(root, "image folder root")
+        class_folders(root)
         super().__init__(str(root), transform=transform, loader=load_rgb, allow_empty=True)
         self.samples = [(Path(path), label) for path, label in self.samples]
         self.imgs = self.samples
         counts = np.bincount(np.asarray(self.targets, dtype=np.int64), minlength=len(self.classes))
-        empty = [name for name, count in zip(self.classes, counts, strict=True) if count == 0]
-        if empty:
-            raise UserError(
-                f"image folder {root} has class folders without images: {', '.join(empty)} "
-                f"(accepted extensions: {', '.join(IMG_EXTENSIONS)})"
-            )
+        require_images_per_class(root, self.classes, counts.tolist())
 
 
 def image_folder(root: Path, transform: Callable[[Image.Image], Any] | None = None) -> ImageFolderDataset:
@@ -120,7 +134,7 @@ def require_voc_root(voc_root: Path) -> Path:
         nested = [child.name for child in sorted(voc_root.iterdir()) if (child / "ImageSets").is_dir()]
         if nested:
             raise UserError(f"{voc_root} is not a VOC root; did you mean {voc_root / nested[0]}?")
-    return _require_dir(voc_root, "VOC root")
+    return require_dir(voc_root, "VOC root")
 
 
 def read_split(voc_root: Path, imagesets_sub: str, split: str) -> list[str]:

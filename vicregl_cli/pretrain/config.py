@@ -31,6 +31,7 @@ class PretrainConfig:
     VICRegL)."""
 
     data: str = setting("", "ImageFolder root: DATA/<class>/<image>")
+    cache_dir: str | None = setting(None, "Folder of DATA's listing cache (file_list-*.npz); none: OUT")
     out: str = setting("runs/pretrain", "Run folder: checkpoint.pth, backbone.pth, stats.jsonl, config.yaml")
     backbone: str = setting("resnet50", "Registry name (vicregl backbones), e.g. resnet50")
     drop_path_rate: float = setting(0.1, "ConvNeXt stochastic depth")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,8 +17,9 @@ from torch.utils.data import DataLoader
 
 from vicregl_cli import distributed
 from vicregl_cli.backbones import BackboneSpec, build_backbone, get_spec
+from vicregl_cli.data.file_list import FileListDataset
+from vicregl_cli.data.file_list_cache import load_or_list
 from vicregl_cli.data.multicrop import MultiCropConfig, MultiCropTransform, collate
-from vicregl_cli.data.readers import image_folder
 from vicregl_cli.errors import UserError
 from vicregl_cli.pretrain.config import PretrainConfig, to_dict
 from vicregl_cli.pretrain.model import LossWeights, VICRegL
@@ -68,8 +68,11 @@ def multicrop_config(config: PretrainConfig, stride: int) -> MultiCropConfig:
     )
 
 
-def plan_run(config: PretrainConfig, device: str = "auto") -> Plan:
-    """Join the process group and check everything that needs no model: world size, backbone, crops, data."""
+def plan_run(config: PretrainConfig, device: str = "auto", write_cache: bool = True) -> Plan:
+    """Join the process group and check everything that needs no model: world size, backbone, crops, data.
+
+    The data root's listing comes from its cache in `cache_dir` (default: the run folder) when still current;
+    a fresh listing is cached there by the main process when `write_cache`."""
     env = distributed.init_distributed(distributed.resolve_device(device))
     if config.batch_size % env.world_size:
         raise UserError(
@@ -93,9 +96,11 @@ def plan_run(config: PretrainConfig, device: str = "auto") -> Plan:
             )
     if not config.data:
         raise UserError("no training data: pass --data DIR (an ImageFolder: DIR/<class>/<image>)")
-    folder = image_folder(
-        Path(config.data), transform=MultiCropTransform(multicrop_config(config, spec.output_stride))
+    files, _ = load_or_list(
+        config.data, config.cache_dir or config.out, write=write_cache and distributed.is_main_process()
     )
+    transform = MultiCropTransform(multicrop_config(config, spec.output_stride))
+    folder = FileListDataset(files, transform=transform)
     if len(folder) < config.batch_size:
         raise UserError(
             f"{config.data} holds {len(folder)} images, fewer than one batch of {config.batch_size}: "
@@ -198,7 +203,7 @@ def describe(plan: Plan) -> dict[str, Any]:
 
 def dry_run(config: PretrainConfig, device: str = "auto") -> dict[str, Any]:
     """Resolve and validate everything, build the model, load one batch and run it forward; train nothing."""
-    plan = plan_run(config, device)
+    plan = plan_run(config, device, write_cache=False)
     model = build_model(plan)
     count = min(DRY_RUN_BATCH, config.batch_size // plan.env.world_size)
     views, positions, labels = collate([plan.dataset[(index, index)] for index in range(count)])

@@ -64,15 +64,6 @@ def torchvision_key(detectron2_key: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def synthetic_voc(tmp_path_factory) -> Path:
-    from vicregl_cli.data.synthetic import generate
-
-    root = tmp_path_factory.mktemp("synth")
-    generate(root, num_train=12, num_val=12, image_size=64, seed=0, workers=1)
-    return root / "VOC2012"
-
-
-@pytest.fixture(scope="module")
 def tv_resnet50(tmp_path_factory) -> tuple[dict, Path]:
     """A torchvision ResNet-50 state dict (no stored backbone name) and the file it was saved to."""
     import torchvision

@@ -243,15 +243,6 @@ def test_knn_end_to_end_on_synthetic_images(synthetic_root, tmp_path):
     assert record["params"]["ks"] == [5, 36] and record["protocol"] == "knn"
 
 
-@pytest.fixture(scope="module")
-def synthetic_root(tmp_path_factory):
-    from vicregl_cli.data.synthetic import generate
-
-    root = tmp_path_factory.mktemp("synthetic")
-    generate(root, num_train=36, num_val=24, image_size=40, seed=0, workers=1)
-    return root / "classification"
-
-
 def _gather_worker(rank, world, port, count, out_dir):
     import os
 

@@ -76,15 +76,6 @@ def test_topk_correct_counts_top1_and_top5():
     assert topk_correct(logits, torch.tensor([2, 4, 6])) == (1, 3)
 
 
-@pytest.fixture(scope="module")
-def synthetic_root(tmp_path_factory):
-    from vicregl_cli.data.synthetic import generate
-
-    root = tmp_path_factory.mktemp("synthetic")
-    generate(root, num_train=36, num_val=24, image_size=40, seed=0, workers=1)
-    return root / "classification"
-
-
 def test_linear_cached_cli_path_writes_one_result_per_lr_and_reuses_the_cache(synthetic_root, tmp_path):
     config = LinearConfig(
         data=synthetic_root,

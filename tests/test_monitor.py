@@ -19,15 +19,6 @@ from vicregl_cli.pretrain_hooks import monitor_hooks
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory) -> Path:
-    from vicregl_cli.data.synthetic import generate
-
-    root = tmp_path_factory.mktemp("synth")
-    generate(root, num_train=48, num_val=24, image_size=48, seed=0, workers=1)
-    return root / "classification"
-
-
 def demo_config(synthetic: Path, out: Path, **changes):
     """The demo preset, 2 epochs of 48 images at batch 16; the monitor on the same images' train / val."""
     values = dict(data=str(synthetic / "train"), out=str(out), epochs=2, warmup_epochs=1, batch_size=16,

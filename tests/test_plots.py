@@ -25,13 +25,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def demo_out(tmp_path_factory) -> Path:
+def demo_out(tmp_path_factory, synthetic) -> Path:
     """demo_out/ in miniature: pretrain/ (stats.jsonl with monitor lines) and linear/ (a 3-lr sweep)."""
-    from vicregl_cli.data.synthetic import generate
-
-    out = tmp_path_factory.mktemp("demo_out")
-    generate(out / "synth", num_train=48, num_val=24, image_size=48, seed=0, workers=1)
-    data = out / "synth" / "classification"
+    out, data = tmp_path_factory.mktemp("demo_out"), synthetic
     config = load_config("demo", dict(data=str(data / "train"), out=str(out / "pretrain"), epochs=2,
                                       warmup_epochs=1, batch_size=16, log_every=1, num_workers=0,
                                       monitor_data=str(data)))  # fmt: skip

@@ -247,15 +247,6 @@ def test_every_preset_loads():
 # ---------------------------------------------------------------- engine on synthetic data
 
 
-@pytest.fixture(scope="module")
-def train_dir(tmp_path_factory) -> Path:
-    from vicregl_cli.data.synthetic import generate
-
-    root = tmp_path_factory.mktemp("synth")
-    generate(root, num_train=24, num_val=12, image_size=64, seed=0, workers=1)
-    return root / "classification" / "train"
-
-
 def tiny_config(data: Path, out: Path, **changes) -> PretrainConfig:
     """resnet18 on 2 x 64 px views (2 x 2 grids), tiny heads: 24 images / batch 8 = 3 steps per epoch."""
     values = dict(

@@ -18,15 +18,6 @@ from vicregl_cli.pretrain.slurm import submit
 submitit = pytest.importorskip("submitit")
 
 
-@pytest.fixture(scope="module")
-def train_dir(tmp_path_factory) -> Path:
-    from vicregl_cli.data.synthetic import generate
-
-    root = tmp_path_factory.mktemp("synth_slurm")
-    generate(root, num_train=24, num_val=12, image_size=64, seed=0, workers=1)
-    return root / "classification" / "train"
-
-
 def _children(pid: int) -> list[int]:
     """Process ids whose parent is `pid` (from /proc; the local executor's controller starts one per task)."""
     found = []

@@ -21,7 +21,7 @@ SMALL_IMAGES = ["--image-size", "32", "--resize", "36"]
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory) -> Path:
+def shape_root(tmp_path_factory) -> Path:
     from vicregl_cli.data.synthetic import generate
 
     root = tmp_path_factory.mktemp("shape")
@@ -72,10 +72,10 @@ def counting_reads(monkeypatch) -> list[Path]:
     return reads
 
 
-def test_every_evaluation_writes_records_of_one_schema(synthetic, tmp_path):
-    sha256 = hashlib.sha256((synthetic / "r18.pth").read_bytes()).hexdigest()
+def test_every_evaluation_writes_records_of_one_schema(shape_root, tmp_path):
+    sha256 = hashlib.sha256((shape_root / "r18.pth").read_bytes()).hexdigest()
     protocols = set()
-    for name, arguments in commands(synthetic, tmp_path).items():
+    for name, arguments in commands(shape_root, tmp_path).items():
         invoke(arguments)
         files = sorted((tmp_path / name).rglob("result.json"))
         assert files, name
@@ -84,7 +84,7 @@ def test_every_evaluation_writes_records_of_one_schema(synthetic, tmp_path):
             record = json.loads(file.read_text())
             assert set(record) == RECORD_KEYS, (name, set(record) ^ RECORD_KEYS)
             assert record["run"] == file.parent.name and record["backbone"] == "resnet18"
-            assert record["weights"] == {"path": str((synthetic / "r18.pth").resolve()), "sha256": sha256,
+            assert record["weights"] == {"path": str((shape_root / "r18.pth").resolve()), "sha256": sha256,
                                          "seed": None}  # fmt: skip
             assert record["metrics"] and all(isinstance(value, float) for value in record["metrics"].values())
             assert isinstance(record["params"], dict) and record["wall_time_s"] >= 0
@@ -105,15 +105,15 @@ def test_every_evaluation_writes_records_of_one_schema(synthetic, tmp_path):
         ("detect", ["--export-only"]),
     ],
 )
-def test_the_weights_file_is_read_once_per_command(synthetic, tmp_path, monkeypatch, name, extra):
+def test_the_weights_file_is_read_once_per_command(shape_root, tmp_path, monkeypatch, name, extra):
     reads = counting_reads(monkeypatch)
-    arguments = commands(synthetic, tmp_path)[name]
-    weights = synthetic / "r18.pth"
+    arguments = commands(shape_root, tmp_path)[name]
+    weights = shape_root / "r18.pth"
     if name == "detect":  # detectron2's C4 configs take bottleneck ResNets only
         weights = tmp_path / "r50.pth"
         save_backbone(weights, "resnet50", build_backbone("resnet50").state_dict())
         arguments = [argument for argument in arguments if argument not in ("--engine", "torchvision")]
-        arguments[arguments.index(str(synthetic / "r18.pth"))] = str(weights)
+        arguments[arguments.index(str(shape_root / "r18.pth"))] = str(weights)
     invoke([*arguments, *extra])
     assert reads == [weights]
 
@@ -126,7 +126,7 @@ SUBCOMMANDS_THAT_WRITE = ["knn", "linear", "semi", "svm", "segment", "detect", "
 
 
 @pytest.mark.parametrize("name", SUBCOMMANDS_THAT_WRITE)
-def test_dry_run_prints_the_plan_writes_nothing_and_is_quick(synthetic, tmp_path, name):
+def test_dry_run_prints_the_plan_writes_nothing_and_is_quick(shape_root, tmp_path, name):
     from vicregl_cli.backbones import resolve_weights
     from vicregl_cli.files import write_json_atomic
     from vicregl_cli.report import make_result
@@ -135,7 +135,7 @@ def test_dry_run_prints_the_plan_writes_nothing_and_is_quick(synthetic, tmp_path
     record = make_result("knn", resolve_weights("random", "resnet18"), "d", {}, {"top1@20": 1.0}, 1.0)
     write_json_atomic(tmp_path / "records" / "knn" / "result.json", {"run": "knn", **record})
     if name == "pretrain":
-        arguments = ["pretrain", "--data", str(synthetic / "classification" / "train"), "--out", str(out),
+        arguments = ["pretrain", "--data", str(shape_root / "classification" / "train"), "--out", str(out),
                      "--backbone", "resnet18", "--crop-sizes", "64", "--batch-size", "4", "--mlp", "32-32",
                      "--maps-mlp", "16-16", "--num-matches", "2,2", "--epochs", "1", "--warmup-epochs", "0",
                      "--num-workers", "0"]  # fmt: skip
@@ -144,19 +144,19 @@ def test_dry_run_prints_the_plan_writes_nothing_and_is_quick(synthetic, tmp_path
     elif name == "report":
         arguments = ["report", str(tmp_path / "records"), "--format", "csv", "--output", str(out / "t.csv")]
     else:
-        arguments = commands(synthetic, out)[name]
-    before = tree(synthetic), tree(tmp_path)
+        arguments = commands(shape_root, out)[name]
+    before = tree(shape_root), tree(tmp_path)
     result = CliRunner().invoke(app, [*arguments, "--dry-run"], terminal_width=200)
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
     assert "dry run" in result.output and "nothing was" in result.output
-    assert (tree(synthetic), tree(tmp_path)) == before
+    assert (tree(shape_root), tree(tmp_path)) == before
     if name in ("knn", "linear", "semi", "svm", "segment", "detect"):
-        sha256 = hashlib.sha256((synthetic / "r18.pth").read_bytes()).hexdigest()
+        sha256 = hashlib.sha256((shape_root / "r18.pth").read_bytes()).hexdigest()
         assert sha256 in result.output and "to do" in result.output
 
 
 @pytest.mark.parametrize("name", ["pretrain", "linear"])
-def test_slurm_dry_run_prints_the_job_and_submits_nothing(synthetic, tmp_path, monkeypatch, name):
+def test_slurm_dry_run_prints_the_job_and_submits_nothing(shape_root, tmp_path, monkeypatch, name):
     import submitit
 
     def refuse(*args, **kwargs):
@@ -166,9 +166,9 @@ def test_slurm_dry_run_prints_the_job_and_submits_nothing(synthetic, tmp_path, m
     monkeypatch.setattr(submitit.AutoExecutor, "submit", refuse)
     if name == "pretrain":
         arguments = ["pretrain", "--config", "demo",
-                     "--data", str(synthetic / "classification" / "train"), "--out", str(tmp_path / "run")]
+                     "--data", str(shape_root / "classification" / "train"), "--out", str(tmp_path / "run")]
     else:
-        arguments = commands(synthetic, tmp_path)["linear"][:-3]  # not --cached: one job per lr
+        arguments = commands(shape_root, tmp_path)["linear"][:-3]  # not --cached: one job per lr
         arguments.remove("--cached")
     slurm = ["--slurm", "--partition", "gpu", "--nodes", "2", "--gpus-per-node", "4", "--time", "600",
              "--account", "ssl", "--qos", "high", "--mem-gb", "200", "--dry-run"]  # fmt: skip
@@ -191,11 +191,11 @@ def test_every_evaluation_has_the_same_run_options():
         assert not missing, (name, missing)
 
 
-def test_a_small_stem_checkpoint_runs_knn_linear_segment_and_detect_refuses_it(synthetic, tmp_path):
+def test_a_small_stem_checkpoint_runs_knn_linear_segment_and_detect_refuses_it(shape_root, tmp_path):
     weights = tmp_path / "r18_small.pth"
     save_backbone(weights, "resnet18_small", build_backbone("resnet18_small").state_dict())
-    for name, arguments in commands(synthetic, tmp_path).items():
-        arguments[arguments.index(str(synthetic / "r18.pth"))] = str(weights)
+    for name, arguments in commands(shape_root, tmp_path).items():
+        arguments[arguments.index(str(shape_root / "r18.pth"))] = str(weights)
         if name == "detect":
             result = CliRunner().invoke(app, [*arguments, "--device", "cpu"])
             assert result.exit_code != 0 and "small-input stem" in str(result.exception)

@@ -28,12 +28,9 @@ NUM_SYNTHETIC_CLASSES = 12
 
 
 @pytest.fixture(scope="module")
-def voc_root(tmp_path_factory) -> Path:
-    from vicregl_cli.data.synthetic import generate
-
-    out = tmp_path_factory.mktemp("synth")
-    generate(out, num_train=12, num_val=12, image_size=64, seed=0, workers=1)
-    return out / "VOC2012"
+def voc_root(synthetic_voc) -> Path:
+    """The shared VOC2012/ of 12 + 12 images of 64 px (conftest.py)."""
+    return synthetic_voc
 
 
 @pytest.fixture(scope="module")

@@ -142,42 +142,42 @@ def test_reader_errors_name_the_file(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def synthetic_voc(tmp_path_factory) -> Path:
+def voc07(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     generate(out, num_train=48, num_val=24, image_size=32, seed=0, workers=1)
     return out / "VOC2012"
 
 
-def test_synthetic_label_files_follow_the_annotations(synthetic_voc):
+def test_synthetic_label_files_follow_the_annotations(voc07):
     for split, name, count in (("train", "trainval", 48), ("val", "test", 24)):
-        listed = (synthetic_voc / "ImageSets" / "Main" / f"{name}.txt").read_text().split()
+        listed = (voc07 / "ImageSets" / "Main" / f"{name}.txt").read_text().split()
         assert listed == [f"{split}_{index:06d}" for index in range(count)]
-        labels = read_classification_split(synthetic_voc, name)
+        labels = read_classification_split(voc07, name)
         for row, image_id in enumerate(labels.ids):
-            objects = parse_voc_xml(synthetic_voc / "Annotations" / f"{image_id}.xml", CLASS_NAMES).labels
+            objects = parse_voc_xml(voc07 / "Annotations" / f"{image_id}.xml", CLASS_NAMES).labels
             expected = [1 if index in objects else -1 for index in range(len(CLASS_NAMES))]
             assert labels.labels[row].tolist() == expected
 
 
-def test_plan_refuses_too_few_positives_before_extraction(synthetic_voc):
+def test_plan_refuses_too_few_positives_before_extraction(voc07):
     weights = resolve_weights("random", "resnet10_small_w16", 0)
     with pytest.raises(UserError, match="fewer than 20 positive"):
-        svm.plan(svm.SvmConfig(data=synthetic_voc, folds=20), weights)
+        svm.plan(svm.SvmConfig(data=voc07, folds=20), weights)
     with pytest.raises(UserError, match="--cost needs distinct positive"):
-        svm.plan(svm.SvmConfig(data=synthetic_voc, costs=(1.0, -1.0)), weights)
+        svm.plan(svm.SvmConfig(data=voc07, costs=(1.0, -1.0)), weights)
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-def test_svm_protocol_matches_direct_fit_on_the_same_features(synthetic_voc, tmp_path):
+def test_svm_protocol_matches_direct_fit_on_the_same_features(voc07, tmp_path):
     weights = resolve_weights("random", "resnet10_small_w16", 0)
     config = svm.SvmConfig(
-        data=synthetic_voc, costs=(0.1, 1.0, 10.0), image_size=32, resize=32, batch_size=24, num_workers=0,
+        data=voc07, costs=(0.1, 1.0, 10.0), image_size=32, resize=32, batch_size=24, num_workers=0,
         bn_batches=2, jobs=1, device="cpu",
     )  # fmt: skip
     run_protocol(svm, config, weights, tmp_path / "out", RunOptions(device="cpu"))
     record = read_results([tmp_path / "out" / "svm" / "result.json"])[0]
     detail = json.loads((tmp_path / "out" / "svm" / "per_class.json").read_text())
-    train, test = (read_classification_split(synthetic_voc, name) for name in ("trainval", "test"))
+    train, test = (read_classification_split(voc07, name) for name in ("trainval", "test"))
     transform = eval_transform(32, 32)
     extractor = extractor_from_config(
         config, weights, torch.device("cpu"), split_images(train, transform)

@@ -27,15 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = "demo"  # the packaged preset
 
 
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory) -> Path:
-    from vicregl_cli.data.synthetic import generate
-
-    root = tmp_path_factory.mktemp("synth")
-    generate(root, num_train=48, num_val=24, image_size=48, seed=0, workers=1)
-    return root / "classification"
-
-
 def demo_config(data: Path, out: Path, **changes):
     """The demo preset, 2 epochs of 48 images at batch 16 (3 steps each), a stats line every step."""
     values = dict(data=str(data), out=str(out), epochs=2, warmup_epochs=1, batch_size=16, log_every=1,

@@ -280,15 +280,6 @@ def test_comp4_files_are_the_devkit_format_and_read_back_exactly(tmp_path):
 # ---------------------------------------------------------------- the torchvision engine's comp4 files
 
 
-@pytest.fixture(scope="module")
-def synthetic_voc(tmp_path_factory) -> Path:
-    from vicregl_cli.data.synthetic import generate
-
-    root = tmp_path_factory.mktemp("synth")
-    generate(root, num_train=12, num_val=12, image_size=64, seed=0, workers=1)
-    return root / "VOC2012"
-
-
 TAGS = ("xmin", "ymin", "xmax", "ymax")
 
 

@@ -14,11 +14,12 @@ from typer.testing import CliRunner
 from vicregl_cli.backbones import resolve_weights
 from vicregl_cli.errors import UserError
 from vicregl_cli.evaluate import linear
-from vicregl_cli.plots import metric_series, plot_metric_vs_lr, plot_training_curves, read_stats, split_inputs
+from vicregl_cli.plots import metric_series, plot_metric_vs_lr, plot_training_curves
 from vicregl_cli.pretrain.config import load_config
 from vicregl_cli.pretrain.loop import train
 from vicregl_cli.pretrain_hooks import monitor_hooks
 from vicregl_cli.sweep import run_protocol
+from vicregl_cli.training_stats import read_stats, split_inputs
 
 torch.set_num_threads(1)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -14,6 +14,7 @@ from vicregl_cli.cli import app
 from vicregl_cli.errors import UserError
 from vicregl_cli.files import write_json_atomic
 from vicregl_cli.report import make_result, read_results, to_csv, to_markdown
+from vicregl_cli.training_stats import stats_rows
 
 
 def _record(run, lr, top1):
@@ -97,3 +98,64 @@ def test_report_command_prints_table_md_and_csv(tmp_path):
     assert (tmp_path / "table.csv").read_text().startswith("run,protocol,backbone,weights,dataset,")
     bad = runner.invoke(app, ["report", str(tmp_path), "--format", "xlsx"])
     assert bad.exit_code != 0
+
+
+def _cells(line):
+    """The words of a rich table row, without the column rules."""
+    return [word for word in line.split() if word != "│"]
+
+
+def _knn_record(run, temperature, top1):
+    weights = resolve_weights("random", "resnet18")
+    metrics = {"top1@20": top1, "top5@20": top1 + 5}
+    params = {"temperature": temperature}
+    return {"run": run, **make_result("knn", weights, "/data/in1k", params, metrics, 3.0)}
+
+
+def test_several_protocols_get_a_table_each_ranked_by_their_own_metric(tmp_path):
+    linear = [_record("lr=1", 1.0, 60.0), _record("lr=0.1", 0.1, 70.0)]
+    knn = [_knn_record("T=0.07", 0.07, 55.0), _knn_record("T=0.1", 0.1, 50.0)]
+    markdown = to_markdown(linear + knn, "top1").splitlines()
+    headers = [line for line in markdown if line.startswith("| run |")]
+    assert headers == [
+        "| run | lr | top1 | top5 | wall_time_s |", "| run | temperature | top1@20 | top5@20 | wall_time_s |"
+    ]
+    best = [line.split(" | ")[0] for line in markdown if line.startswith("| **")]
+    assert best == ["| **lr=0.1**", "| **T=0.07**"]
+    rows = list(csv.DictReader(io.StringIO(to_csv(linear + knn, None))))
+    flags = [(row["run"], row["best"]) for row in rows]
+    assert flags == [("lr=1", "0"), ("lr=0.1", "1"), ("T=0.07", "1"), ("T=0.1", "0")]  # a best per protocol
+    for record in linear + knn:
+        write_result(tmp_path / record["protocol"] / record["run"], record)
+    table = CliRunner().invoke(app, ["report", str(tmp_path)], terminal_width=200)
+    assert table.exit_code == 0, table.output
+    assert "results: knn" in table.output and "results: linear" in table.output
+    best = [_cells(line)[:3] for line in table.output.splitlines() if "★" in line and "=" in line]
+    assert best == [["★", "T=0.07", "0.07"], ["★", "lr=0.1", "0.1"]]
+
+
+def _stats_file(folder, lines, torn=""):
+    folder.mkdir(parents=True)
+    path = folder / "stats.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines) + torn)
+    return path
+
+
+def test_report_of_stats_jsonl_shows_each_runs_last_logged_values(tmp_path):
+    lines = [{"epoch": 0, "step": 1, "loss": 3.5}, {"epoch": 0, "step": 2, "loss": 3.25, "knn_top1@20": 12.5},
+             {"epoch": 1, "step": 3, "loss": 3.0}]  # fmt: skip
+    first = _stats_file(tmp_path / "a", lines, torn='{"epoch": 1, "st')  # a run still writing
+    second = _stats_file(tmp_path / "b", [{"epoch": 0, "step": 1, "loss": 4.0}])
+    assert stats_rows({"a": first, "b": second}) == (
+        ["last logged", "a", "b"],
+        [["epoch", "1", "0"], ["step", "3", "1"], ["loss", "3", "4"], ["knn_top1@20", "12.5", "-"]],
+    )
+    runner = CliRunner()
+    table = runner.invoke(app, ["report", str(first)], terminal_width=200)
+    assert table.exit_code == 0, table.output
+    assert table.output.split()[0] == "stats.jsonl"  # the title
+    shown = [_cells(line) for line in table.output.splitlines() if "knn_top1@20" in line]
+    assert shown == [["knn_top1@20", "12.5"]]
+    markdown = runner.invoke(app, ["report", str(tmp_path), "--format", "md"])
+    assert markdown.exit_code == 0, markdown.output
+    assert "| last logged | a | b |" in markdown.output and "| knn_top1@20 | 12.5 | - |" in markdown.output

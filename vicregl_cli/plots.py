@@ -12,47 +12,12 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from vicregl_cli.errors import UserError
-from vicregl_cli.report import RESULT_FILE, SUMMARY_FILE, best_record, default_metric, weights_label
+from vicregl_cli.report import best_record, by_protocol, weights_label
+from vicregl_cli.training_stats import AXES, STATS_FILE, read_stats
 
-STATS_FILE = "stats.jsonl"
 CURVES_FILE = "training_curves.png"
-AXES = ("epoch", "step")  # stats.jsonl's position keys: `step` is the x axis, neither is plotted
 LR_PARAMS = ("lr", "lr_backbone", "lr_head")  # the swept learning rates of the protocols' records
 PANEL_COLUMNS = 4
-
-
-def split_inputs(paths: Sequence[Path]) -> tuple[list[Path], dict[str, Path]]:
-    """(the paths that hold result records, {run label: stats.jsonl}) of `report`'s arguments: stats.jsonl
-    files as given, or found below folders; a folder with neither is an error."""
-    results: list[Path] = []
-    stats: list[Path] = []
-    for path in map(Path, paths):
-        if not path.exists():
-            raise UserError(f"{path} does not exist; give result / summary / stats files or run folders")
-        if path.is_file():
-            (stats if path.name == STATS_FILE else results).append(path)
-            continue
-        found = sorted(path.rglob(STATS_FILE))
-        stats.extend(found)
-        has_results = any(path.rglob(RESULT_FILE)) or (path / SUMMARY_FILE).is_file()
-        if has_results:
-            results.append(path)
-        elif not found:
-            raise UserError(f"{path} holds no {RESULT_FILE}, {SUMMARY_FILE} or {STATS_FILE}")
-    names = [file.parent.name for file in stats]
-    unique = len(set(names)) == len(names)
-    return results, {(file.parent.name if unique else str(file.parent)): file for file in stats}
-
-
-def read_stats(path: Path) -> list[dict]:
-    """The lines of a stats.jsonl (a torn last line, from a run still writing, is skipped)."""
-    lines = []
-    for text in Path(path).read_text().splitlines():
-        try:
-            lines.append(json.loads(text))
-        except json.JSONDecodeError:
-            continue
-    return lines
 
 
 def _grid(count: int) -> tuple[int, int]:
@@ -153,12 +118,8 @@ def write_plots(records: list[dict], stats: dict[str, Path], metric: str | None,
     if stats:
         runs = {label: read_stats(file) for label, file in stats.items()}
         written.append(plot_training_curves(runs, out_dir / CURVES_FILE))
-    protocols: dict[str, list[dict]] = {}
-    for record in records:
-        protocols.setdefault(record["protocol"], []).append(record)
-    for protocol, group in protocols.items():
-        chosen = metric if any(metric in record["metrics"] for record in group) else default_metric(group)
+    for group, chosen in by_protocol(records, metric):
         if chosen is not None:
-            figure = plot_metric_vs_lr(group, chosen, out_dir / f"{protocol}_{chosen}_vs_lr.png")
+            figure = plot_metric_vs_lr(group, chosen, out_dir / f"{group[0]['protocol']}_{chosen}_vs_lr.png")
             written.extend([figure] if figure is not None else [])
     return written

@@ -225,45 +225,93 @@ def _metric_format(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def rich_table(records: list[dict], metric: str | None, title: str) -> Table:
-    """A rich table of the records; the best row (by `metric`) is bold and marked with ★."""
-    header, rows, best_index, shared = table_rows(records, metric)
-    caption = "\n".join(part for part in (shared, None if metric is None else f"★ best by {metric}") if part)
+def by_protocol(records: list[dict], metric: str | None) -> list[tuple[list[dict], str | None]]:
+    """The records grouped by protocol (first-seen order), each group with the metric that ranks it:
+    `metric` where that protocol reports it, else the group's first metric (one table / figure each)."""
+    groups: dict[str, list[dict]] = {}
+    for record in records:
+        groups.setdefault(record["protocol"], []).append(record)
+    return [
+        (group, metric if any(metric in record["metrics"] for record in group) else default_metric(group))
+        for group in groups.values()
+    ]
+
+
+def grid_table(header: list[str], rows: list[list[str]], title: str, caption: str = "",
+               best_index: int | None = None) -> Table:  # fmt: skip
+    """A rich table of text rows (the first column and identity columns left-aligned, the others right); the
+    row `best_index`, if any, is bold and marked with ★."""
+    marked = best_index is not None
     table = Table(title=title, caption=caption or None)
-    table.add_column("", no_wrap=True)
-    for name in header:
-        table.add_column(name, justify="left" if name == "run" or name in IDENTITY_COLUMNS else "right")
+    if marked:
+        table.add_column("", no_wrap=True)
+    for position, name in enumerate(header):
+        table.add_column(name, justify="left" if position == 0 or name in IDENTITY_COLUMNS else "right")
     for index, row in enumerate(rows):
         is_best = index == best_index
-        table.add_row("★" if is_best else "", *row, style="bold green" if is_best else None)
+        cells = ["★" if is_best else "", *row] if marked else row
+        table.add_row(*cells, style="bold green" if is_best else None)
     return table
 
 
-def print_table(records: list[dict], metric: str | None, title: str, console: Console | None = None) -> None:
-    """Print the records as a rich table (to stdout unless a console is given; never squeezed off a TTY)."""
+def rich_table(records: list[dict], metric: str | None, title: str) -> Table:
+    """A rich table of one protocol's records; the best row (by `metric`) is bold and marked with ★."""
+    header, rows, best_index, shared = table_rows(records, metric)
+    caption = "\n".join(part for part in (shared, None if metric is None else f"★ best by {metric}") if part)
+    return grid_table(header, rows, title, caption, best_index)
+
+
+def print_tables(tables: list[Table], console: Console | None = None) -> None:
+    """Print rich tables (to stdout unless a console is given; never squeezed off a TTY)."""
     if console is None:
         console = Console()
         if not console.is_terminal:
             console = Console(width=240)
-    console.print(rich_table(records, metric, title))
+    for table in tables:
+        console.print(table)
 
 
-def to_markdown(records: list[dict], metric: str | None) -> str:
-    """A GitHub-markdown table (shared identity columns in a line above); the best row's cells are bold."""
-    header, rows, best_index, shared = table_rows(records, metric)
-    lines = [f"{shared}\n"] if shared else []
-    lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+def print_table(records: list[dict], metric: str | None, title: str, console: Console | None = None) -> None:
+    """Print the records as rich tables, one per protocol (the protocol joins the title when several)."""
+    groups = by_protocol(records, metric)
+    named = len(groups) > 1
+    print_tables([rich_table(group, chosen, f"{title}: {group[0]['protocol']}" if named else title)
+                  for group, chosen in groups], console)  # fmt: skip
+
+
+def grid_markdown(header: list[str], rows: list[list[str]], best_index: int | None = None) -> list[str]:
+    """The lines of a GitHub-markdown table; the cells of row `best_index` are bold."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for index, row in enumerate(rows):
         cells = [f"**{cell}**" for cell in row] if index == best_index else row
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def grid_csv(header: list[str], rows: list[list[str]]) -> str:
+    """A CSV of text rows under `header`."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
+    return buffer.getvalue()
+
+
+def to_markdown(records: list[dict], metric: str | None) -> str:
+    """GitHub-markdown tables, one per protocol (its shared identity columns in a line above); the best row's
+    cells are bold."""
+    sections = []
+    for group, chosen in by_protocol(records, metric):
+        header, rows, best_index, shared = table_rows(group, chosen)
+        lines = [f"{shared}\n"] if shared else []
+        sections.append("\n".join([*lines, *grid_markdown(header, rows, best_index)]) + "\n")
+    return "\n".join(sections)
 
 
 def to_csv(records: list[dict], metric: str | None) -> str:
-    """CSV, one row per record: every identity column, the varying params, the metrics and a `best` flag."""
+    """CSV, one row per record: every identity column, the varying params, the metrics and a `best` flag (the
+    best of each protocol, by `metric` where it reports it)."""
     params = _varying_params(records)
     metrics = _metric_names(records)
-    best = best_record(records, metric)
+    best = [best_record(group, chosen) for group, chosen in by_protocol(records, metric)]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["run", *IDENTITY_COLUMNS, "weights_sha256", *params, *metrics, "wall_time_s", "best"])
@@ -279,7 +327,7 @@ def to_csv(records: list[dict], metric: str | None) -> str:
                 *(json.dumps(record["params"].get(name)) for name in params),
                 *(record["metrics"].get(name, "") for name in metrics),
                 record["wall_time_s"],
-                int(record is best),
+                int(any(record is chosen for chosen in best)),
             ]
         )
     return buffer.getvalue()

@@ -14,6 +14,9 @@ app = typer.Typer(
 )
 WEIGHTS_HELP = "Weights file (backbone.pth, checkpoint.pth, release, torchvision) or 'random'"
 BACKBONE_HELP = "Registry name; default: the name stored in the weights file"
+# One word for a dataset root in every command (pretrain's config field `data`); --data-root, segment's and
+# detect's former name (mmseg's and detectron2's word), stays an alias
+DATA_FLAGS = ("--data", "--data-root")
 
 
 def multi_value(*names: str) -> type[TyperCommand]:

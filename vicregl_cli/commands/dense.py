@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from vicregl_cli.cli_options import with_run_options
-from vicregl_cli.commands.app import BACKBONE_HELP, WEIGHTS_HELP, app, multi_value
+from vicregl_cli.commands.app import BACKBONE_HELP, DATA_FLAGS, WEIGHTS_HELP, app, multi_value
 from vicregl_cli.errors import UserError
 from vicregl_cli.options import RunOptions
 from vicregl_cli.sweep import parse_grid
@@ -23,12 +23,16 @@ def parse_memory_size(token: str) -> int | None:
     return int(value)
 
 
-@app.command(cls=multi_value("--memory-size", "--clusters"))
+@app.command(
+    cls=multi_value("--memory-size", "--clusters"),
+    epilog="Example: vicregl dense --weights runs/r50/backbone.pth --dataset voc "
+    "--data VOCdevkit/VOC2012 --out runs/r50-dense",
+)
 @with_run_options()
 def dense(
     weights: str = typer.Option(..., help=WEIGHTS_HELP),
     dataset: str = typer.Option(..., help="voc, voc-aug, cityscapes or ade20k (segment's readers)"),
-    data_root: Path = typer.Option(..., help="Dataset root, e.g. VOCdevkit/VOC2012"),
+    data: Path = typer.Option(..., *DATA_FLAGS, help="Dataset root, e.g. VOCdevkit/VOC2012"),
     out: Path = typer.Option(..., help="Sweep folder: a run folder per point (result.json, "
                              "per_class_iou.json), summary.json"),
     backbone: str = typer.Option(None, help=BACKBONE_HELP),
@@ -71,7 +75,7 @@ def dense(
     from vicregl_cli.dense import protocol as dense_protocol
 
     config = dense_protocol.DenseConfig(
-        dataset=dataset, data_root=data_root, protocol=protocol,
+        dataset=dataset, data_root=data, protocol=protocol,
         memory_sizes=sizes or dense_protocol.DenseConfig.memory_sizes, k=k, temperature=temperature,
         passes=passes, augment=augment, input_size=input_size, stage=stage, dilate=dilate,
         clusters=overclustering or dense_protocol.OVERCLUSTERING,

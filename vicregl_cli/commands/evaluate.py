@@ -8,18 +8,21 @@ from pathlib import Path
 import typer
 
 from vicregl_cli.cli_options import with_feature_options, with_run_options
-from vicregl_cli.commands.app import BACKBONE_HELP, WEIGHTS_HELP, app, multi_value
+from vicregl_cli.commands.app import BACKBONE_HELP, DATA_FLAGS, WEIGHTS_HELP, app, multi_value
 from vicregl_cli.options import FeatureOptions, RunOptions
 from vicregl_cli.protocol_defaults import SEMI_GRID_BACKBONE, SEMI_GRID_HEAD
 from vicregl_cli.sweep import parse_grid, run_protocol
 
 
-@app.command(cls=multi_value("--k"))
+@app.command(
+    cls=multi_value("--k"),
+    epilog="Example: vicregl knn --weights runs/r50/backbone.pth --data imagenet --out runs/r50-knn",
+)
 @with_run_options()
 @with_feature_options()
 def knn(
     weights: str = typer.Option(..., help=WEIGHTS_HELP),
-    data: Path = typer.Option(..., help="Root holding train/ and val/ in ImageFolder layout"),
+    data: Path = typer.Option(..., *DATA_FLAGS, help="Root holding train/ and val/ in ImageFolder layout"),
     out: Path = typer.Option(..., help="Sweep folder: knn/result.json, summary.json"),
     backbone: str = typer.Option(None, help=BACKBONE_HELP),
     k: list[str] = typer.Option(None, "--k", help="Neighbour counts, one pass: --k 20 200 (default)"),
@@ -45,12 +48,16 @@ def knn(
     run_protocol(knn_protocol, config, resolve_weights(weights, backbone, seed), out, run)
 
 
-@app.command(cls=multi_value("--lr", "--milestones"))
+@app.command(
+    cls=multi_value("--lr", "--milestones"),
+    epilog="Example: vicregl linear --weights runs/r50/backbone.pth --data imagenet "
+    "--out runs/r50-linear --lr 0.3 0.1",
+)
 @with_run_options()
 @with_feature_options()
 def linear(
     weights: str = typer.Option(..., help=WEIGHTS_HELP),
-    data: Path = typer.Option(..., help="Dataset root: train/, val/ (ImageFolder) or the --dataset layout"),
+    data: Path = typer.Option(..., *DATA_FLAGS, help="train/, val/ (ImageFolder) or the --dataset layout"),
     out: Path = typer.Option(..., help="Sweep folder: one run folder per lr (result.json), summary.json"),
     backbone: str = typer.Option(None, help=BACKBONE_HELP),
     preset: str = typer.Option(None, help="imagenet (default), places205 or inat18 (VICReg B.3): the "
@@ -98,11 +105,15 @@ def linear(
     run_protocol(linear_protocol, config, resolve_weights(weights, backbone, seed), out, run)
 
 
-@app.command(cls=multi_value("--lr-backbone", "--lr-head"))
+@app.command(
+    cls=multi_value("--lr-backbone", "--lr-head"),
+    epilog="Example: vicregl semi --weights runs/r50/backbone.pth --data imagenet --percent 1 "
+    "--out runs/r50-semi",
+)
 @with_run_options()
 def semi(
     weights: str = typer.Option(..., help=WEIGHTS_HELP),
-    data: Path = typer.Option(..., help="Root holding train/ and val/ in ImageFolder layout"),
+    data: Path = typer.Option(..., *DATA_FLAGS, help="Root holding train/ and val/ in ImageFolder layout"),
     out: Path = typer.Option(..., help="Sweep folder: a run folder per (backbone lr, head lr), summary.json"),
     backbone: str = typer.Option(None, help=BACKBONE_HELP),
     percent: int = typer.Option(None, help="Labelled share: 1 or 10 (seeded class-balanced subset)"),

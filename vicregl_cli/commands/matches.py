@@ -18,7 +18,9 @@ def _pair(text: str) -> tuple[int, int]:
     return first, second
 
 
-@app.command()
+@app.command(
+    epilog="Example: vicregl matches --weights runs/r50/checkpoint.pth --image photo.jpg --out matches.png"
+)
 def matches(
     weights: Path = typer.Option(..., help="A pretraining RUN/checkpoint.pth (it holds the maps projector)"),
     image: Path = typer.Option(..., help="The seed image"),

@@ -9,7 +9,10 @@ import typer
 from vicregl_cli.commands.app import BACKBONE_HELP, WEIGHTS_HELP, app
 
 
-@app.command()
+@app.command(
+    epilog="Example: vicregl pca --weights runs/r50/backbone.pth --weights random "
+    "--out pca.png photo1.jpg photo2.jpg",
+)
 def pca(
     images: list[Path] = typer.Argument(..., help="The images, one row each"),
     weights: list[str] = typer.Option(..., help=f"{WEIGHTS_HELP}; repeat it for one column per backbone"),

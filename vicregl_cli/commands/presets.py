@@ -8,7 +8,7 @@ from rich.table import Table
 from vicregl_cli.commands.app import app
 
 
-@app.command()
+@app.command(epilog="Example: vicregl presets")
 def presets() -> None:
     """List the packaged pretraining presets (use one with `vicregl pretrain --config NAME`)."""
     from vicregl_cli.pretrain.config import load_config

@@ -15,7 +15,7 @@ import typing
 import typer
 
 from vicregl_cli.cli_options import with_options, with_run_options
-from vicregl_cli.commands.app import app
+from vicregl_cli.commands.app import DATA_FLAGS, app
 from vicregl_cli.errors import UserError
 from vicregl_cli.options import RunOptions
 from vicregl_cli.pretrain.config import PretrainConfig, load_config, parse_assignments, type_name
@@ -25,6 +25,7 @@ BOOL_FLAGS = {  # the two switches whose off-side has a name of its own
     "l2_all_matches": "--l2-all-matches/--filter-l2-matches",
     "ignore_flips": "--ignore-flips/--mirror-flips",
 }
+ALIASES = {"data": DATA_FLAGS[1:]}  # --data-root: the dataset root's alias in every command
 FLAG_TYPES = (bool, int, float)  # typed flags; every other field is read as text and coerced by load_config
 
 
@@ -38,7 +39,8 @@ def _flag(spec: dataclasses.Field) -> inspect.Parameter:
     kind = type_name(spec.name).replace("[", " of ").replace("]", "")  # brackets would read as rich markup
     shown = f"default {default}" if default not in ("", None) else "no default"
     help_text = f"{spec.metadata['help']} ({kind}, {shown})"
-    option = typer.Option(None, declaration, help=help_text, rich_help_panel=PANEL, show_default=False)
+    flags = (declaration, *ALIASES.get(spec.name, ()))
+    option = typer.Option(None, *flags, help=help_text, rich_help_panel=PANEL, show_default=False)
     return inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=option)
 
 
@@ -51,7 +53,9 @@ def _given(values: dict[str, object]) -> dict[str, object]:
     return {key: value for key, value in values.items() if value is not None}
 
 
-@app.command()
+@app.command(
+    epilog="Example: vicregl pretrain --config resnet50_alpha0.75 --data imagenet/train --out runs/r50"
+)
 @with_run_options(gpus_per_node=8, time_min=4320)
 @with_options("flags", config_flags(), _given)
 def pretrain(

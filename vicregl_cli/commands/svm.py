@@ -8,19 +8,22 @@ from pathlib import Path
 import typer
 
 from vicregl_cli.cli_options import with_feature_options, with_run_options
-from vicregl_cli.commands.app import BACKBONE_HELP, WEIGHTS_HELP, app, multi_value
+from vicregl_cli.commands.app import BACKBONE_HELP, DATA_FLAGS, WEIGHTS_HELP, app, multi_value
 from vicregl_cli.options import FeatureOptions, RunOptions
 from vicregl_cli.protocol_defaults import VISSL_COSTS, VISSL_FOLDS, VISSL_MAX_ITER
 from vicregl_cli.sweep import parse_grid, run_protocol
 
 
-@app.command(cls=multi_value("--cost"))
+@app.command(
+    cls=multi_value("--cost"),
+    epilog="Example: vicregl svm --weights runs/r50/backbone.pth --data VOCdevkit/VOC2007 --out runs/r50-svm",
+)
 @with_run_options()
 @with_feature_options()
 def svm(
     weights: str = typer.Option(..., help=WEIGHTS_HELP),
     data: Path = typer.Option(
-        ..., help="VOC root (VOC2007): ImageSets/Main/<class>_<split>.txt, JPEGImages/"
+        ..., *DATA_FLAGS, help="VOC root (VOC2007): ImageSets/Main/<class>_<split>.txt, JPEGImages/"
     ),
     out: Path = typer.Option(..., help="Sweep folder: svm/result.json, svm/per_class.json, summary.json"),
     backbone: str = typer.Option(None, help=BACKBONE_HELP),

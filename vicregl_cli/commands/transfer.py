@@ -9,18 +9,22 @@ from pathlib import Path
 import typer
 
 from vicregl_cli.cli_options import with_run_options
-from vicregl_cli.commands.app import BACKBONE_HELP, WEIGHTS_HELP, app, multi_value
+from vicregl_cli.commands.app import BACKBONE_HELP, DATA_FLAGS, WEIGHTS_HELP, app, multi_value
 from vicregl_cli.errors import UserError
 from vicregl_cli.options import RunOptions
 from vicregl_cli.sweep import parse_grid, run_protocol
 
 
-@app.command(cls=multi_value("--lr", "--cfg-options"))
+@app.command(
+    cls=multi_value("--lr", "--cfg-options"),
+    epilog="Example: vicregl segment --weights runs/r50/backbone.pth --dataset voc-aug "
+    "--data VOCdevkit/VOC2012 --out runs/r50-seg",
+)
 @with_run_options(gpus_per_node=4)
 def segment(
     weights: str = typer.Option(..., help=WEIGHTS_HELP),
     dataset: str = typer.Option(..., help="voc, voc-aug, cityscapes or ade20k (vicregl_cli/configs/segment)"),
-    data_root: Path = typer.Option(..., help="Dataset root, e.g. VOCdevkit/VOC2012"),
+    data: Path = typer.Option(..., *DATA_FLAGS, help="Dataset root, e.g. VOCdevkit/VOC2012"),
     out: Path = typer.Option(..., help="Sweep folder: one run folder per lr, summary.json"),
     backbone: str = typer.Option(None, help=BACKBONE_HELP),
     protocol: str = typer.Option("linear", help="linear (BN + 1x1 conv) or fcn (mmseg's FCNHead, ResNet)"),
@@ -54,7 +58,7 @@ def segment(
     else:
         processes = int(os.environ.get("WORLD_SIZE", "1"))
     settings = SegmentSettings(
-        dataset=dataset, data_root=data_root, protocol=protocol, frozen=frozen, lrs=lrs, iters=iters,
+        dataset=dataset, data_root=data, protocol=protocol, frozen=frozen, lrs=lrs, iters=iters,
         batch_size=batch_size,
         crop_size=crop_size, processes=processes, workers=workers, seed=seed, device=run.device,
         cfg_options=tuple(cfg_options or ()),
@@ -69,12 +73,16 @@ def segment(
             typer.echo(command)
 
 
-@app.command(cls=multi_value("--lr"))
+@app.command(
+    cls=multi_value("--lr"),
+    epilog="Example: vicregl detect --weights runs/r50/backbone.pth --dataset voc0712 --data VOCdevkit "
+    "--out runs/r50-det",
+)
 @with_run_options()
 def detect(
     weights: str = typer.Option(..., help=WEIGHTS_HELP),
     dataset: str = typer.Option(..., help="voc (one VOC folder: train -> val), voc0712, coco, coco-10pct"),
-    data_root: Path = typer.Option(..., help="VOC folder, VOCdevkit (voc0712) or COCO root"),
+    data: Path = typer.Option(..., *DATA_FLAGS, help="VOC folder, VOCdevkit (voc0712) or COCO root"),
     out: Path = typer.Option(..., help="Output: sweep folder (one run per lr), or the .pkl + config"),
     backbone: str = typer.Option(None, help=BACKBONE_HELP),
     engine: str = typer.Option(None, help="detectron2 or torchvision (default: detectron2 when installed)"),
@@ -123,7 +131,7 @@ def detect(
         run = dataclasses.replace(run, slurm=dataclasses.replace(run.slurm, one_task_per_node=True))
         num_gpus = num_gpus or run.slurm.gpus_per_node  # the job's GPUs, not this machine's
     config = detect_protocol.DetectConfig(
-        dataset=dataset, data_root=data_root, engine=engine, lrs=lrs, iters=iters, batch_size=batch_size,
+        dataset=dataset, data_root=data, engine=engine, lrs=lrs, iters=iters, batch_size=batch_size,
         num_gpus=num_gpus, settings=settings, device=run.device, frozen=frozen,
     )  # fmt: skip
     resolved = resolve_weights(weights, backbone, seed)

@@ -188,10 +188,12 @@ def validate(config: PretrainConfig) -> None:
             raise UserError(f"{name} {probabilities}: give two probabilities in [0, 1] (even, odd crops)")
     if len(config.num_matches) != 2 or min(config.num_matches) < 1:
         raise UserError(f"num_matches {config.num_matches}: give two positive counts, e.g. 20,4")
-    if config.epochs < 1 or not 0 <= config.warmup_epochs <= config.epochs:
-        raise UserError(
-            f"epochs {config.epochs} / warmup_epochs {config.warmup_epochs}: need 0 <= warmup <= epochs"
-        )
+    if config.epochs < 1 or config.warmup_epochs < 0:
+        raise UserError(f"epochs {config.epochs} / warmup_epochs {config.warmup_epochs}: need epochs >= 1, "
+                        "warmup_epochs >= 0")  # fmt: skip
+    if config.warmup_epochs > config.epochs:
+        raise UserError(f"warmup_epochs {config.warmup_epochs} > epochs {config.epochs}: add warmup_epochs=0 "
+                        f"(no warm-up; or any value up to {config.epochs})")  # fmt: skip
     if config.batch_size < 2:
         raise UserError(f"batch_size {config.batch_size}: the variance term needs at least 2 samples")
     if config.base_lr <= 0 or config.weight_decay < 0:

@@ -39,7 +39,7 @@ echo "== vicregl pretrain --config resnet50_alpha0.75 --dry-run"
 "$VICREGL" pretrain --config resnet50_alpha0.75 --data synth/classification/train --out pretrain --dry-run \
     --device cpu batch_size=8 num_workers=0 mlp=512-512-512  # the preset, a lighter expander for CI
 echo "== vicregl segment --export-only"
-"$VICREGL" segment --dataset voc --data-root synth/VOC2012 --protocol linear --frozen --lr 0.1 \
+"$VICREGL" segment --dataset voc --data synth/VOC2012 --protocol linear --frozen --lr 0.1 \
     --weights random --backbone resnet18 --out segment --export-only --device cpu
 CONFIG=$(ls segment/*/config.py | head -n 1)
 grep -q "data_root" "$CONFIG"

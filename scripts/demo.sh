@@ -39,10 +39,10 @@ step "random init (BatchNorm re-estimated)" "$PYTHON" scripts/demo_random_init.p
     "$SYNTH/classification/train" 48 "$BASELINE"
 both knn --data "$SYNTH/classification" --k 20 200 "${FEATURES[@]}"
 both linear --cached --data "$SYNTH/classification" --lr 1 0.3 0.1 --epochs 30 "${FEATURES[@]}"
-both segment --dataset voc --data-root "$SYNTH/VOC2012" --protocol linear --frozen --lr 0.1 --iters 1000 \
+both segment --dataset voc --data "$SYNTH/VOC2012" --protocol linear --frozen --lr 0.1 --iters 1000 \
     --batch-size 16 --crop-size 48 --workers 0 --seed "$SEED" --device cpu
 step "detect (pipeline check: random-init resnet18)" "$VICREGL" detect --weights random --backbone resnet18 \
-    --dataset voc --data-root "$SYNTH/VOC2012" --engine torchvision --iters 10 --batch-size 2 --rois-per-image 16 \
+    --dataset voc --data "$SYNTH/VOC2012" --engine torchvision --iters 10 --batch-size 2 --rois-per-image 16 \
     --proposals-test 20 --precise-bn-iters 2 --workers 0 --seed "$SEED" --device cpu --out "$OUT/detect"
 step plots "$VICREGL" report "$OUT/pretrain" "$OUT/linear" --plots "$OUT/plots" --title "demo runs"
 printf '\n\033[1m== summary\033[0m\n'

@@ -21,7 +21,7 @@ from torch import Tensor
 from vicregl_cli.backbones.registry import get_spec
 from vicregl_cli.backbones.weights import WeightsRef
 from vicregl_cli.errors import UserError
-from vicregl_cli.files import write_atomic
+from vicregl_cli.files import check_writable_file, write_atomic
 from vicregl_cli.protocol_defaults import EXPORT_TARGETS as TARGETS
 
 # Registry ResNets that torchvision and timm build under the same name (same blocks, widths and 7 × 7 stem).
@@ -38,6 +38,13 @@ class Exported:
     target: str
     num_tensors: int
     loader: str
+
+
+def check_out_file(out: str | Path, target: str) -> Path:
+    """The file an export writes: a folder is refused (the file name inside it is the user's choice, said in
+    the message), as is a folder that cannot be created or written; checked before any weights are read."""
+    suffix = ".pkl" if target == "detectron2" else ".pth"
+    return check_writable_file(out, "export OUT", f"backbone_{target}{suffix}")
 
 
 def check_target(target: str, backbone: str | None) -> None:
@@ -173,6 +180,7 @@ _LOADERS: dict[str, str] = {
 def export_weights(weights: WeightsRef, target: str, out: str | Path) -> Exported:
     """Write `weights` to `out` in `target`'s layout (atomically); checks first, converts, then writes."""
     check_target(target, weights.backbone)
+    check_out_file(out, target)
     state = complete_state(weights)
     if target == "mmseg":
         return Exported(export_prefixed(out, state), target, len(state), _LOADERS[target])

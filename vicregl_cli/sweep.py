@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vicregl_cli.errors import UserError
-from vicregl_cli.files import write_json_atomic
+from vicregl_cli.files import check_writable_folder, write_json_atomic
 from vicregl_cli.options import (
     MAX_REQUEUES,
     SIGNAL_DELAY_S,
@@ -247,7 +247,7 @@ def run_sweep(
     Returns the records of every finished run, in the order of `points`."""
     options = options or RunOptions()
     check_points(points)
-    out_dir = Path(out_dir)
+    out_dir = check_writable_folder(out_dir)
     points = _placed(points, out_dir)
     queued = _still_queued(out_dir, _pending(points))
     pending = [point for point in _pending(points) if point.name not in queued]

@@ -38,6 +38,9 @@ def read_weights_file(path: str | Path) -> StoredWeights:
     """Read `path` once: hash the bytes and unpickle them (weights_only=True; a zip checkpoint that pickles
     other objects falls back to weights_only=False, with a warning). Every weights read goes through here."""
     path = Path(path)
+    if path.is_dir():
+        example = path / "backbone.pth"
+        raise UserError(f"weights path {path} is a directory; give the file inside it, e.g. {example}")
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist (or is not a file)")
     data = path.read_bytes()
@@ -252,7 +255,7 @@ def resolve_weights(arg: str | Path, backbone: str | None = None, seed: int = 0)
         get_spec(backbone)
         return WeightsRef(path=None, backbone=backbone, sha256=None, seed=seed)
     path = Path(arg).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"weights file {path} does not exist; give a checkpoint path or `random`")
     stored = read_weights_file(path)
     stored_name, state = backbone_state_of(stored.content, path)

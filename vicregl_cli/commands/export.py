@@ -31,9 +31,10 @@ def export(
         raise UserError("give the file to write once: --out FILE (or as the last argument)")
     out = out or out_file
     from vicregl_cli.backbones import resolve_weights
-    from vicregl_cli.export import check_target, export_weights
+    from vicregl_cli.export import check_out_file, check_target, export_weights
 
-    check_target(to, backbone)  # a wrong --to fails before the weights file is read
+    check_target(to, backbone)  # a wrong --to or OUT fails before the weights file is read
+    check_out_file(out, to)
     resolved = resolve_weights(weights, backbone, seed)
     check_target(to, resolved.backbone)
     if dry_run:

@@ -28,13 +28,21 @@ VOC_CLASSES: tuple[str, ...] = (
 )  # fmt: skip
 
 
+UNREADABLE_IMAGE = (OSError, ValueError, SyntaxError)  # PIL on a missing, truncated or non-image file
+
+
+def unreadable_image(path: str | Path, error: Exception) -> UserError:
+    """The one-line error for an image file PIL cannot read."""
+    return UserError(f"cannot read image {path} ({error}): replace or remove the file")
+
+
 def load_rgb(path: str | Path) -> Image.Image:
     """Open an image as RGB; a missing, truncated or non-image file raises a UserError naming the file."""
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except (OSError, ValueError, SyntaxError) as error:
-        raise UserError(f"cannot read image {path}: {error}") from None
+    except UNREADABLE_IMAGE as error:
+        raise unreadable_image(path, error) from None
 
 
 def require_dir(path: Path, what: str) -> Path:

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -20,6 +21,7 @@ from torchvision import transforms
 
 from vicregl_cli.backbones.registry import get_spec
 from vicregl_cli.backbones.weights import WeightsRef
+from vicregl_cli.data.image_sizes import small_images_note
 from vicregl_cli.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from vicregl_cli.distributed import is_main_process, rank, world_size
 from vicregl_cli.errors import UserError
@@ -48,6 +50,14 @@ def eval_transform(resize: int = 256, crop: int = 224) -> transforms.Compose:
             transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
     )
+
+
+def warn_if_small_images(protocol: str, paths: Sequence[str | Path], image_size: int, resize: int) -> None:
+    """One stderr line, from the plan, when the images are far smaller than the evaluation view, naming the
+    flags that fit them (the test segmentation's plan applies to its crop: data/image_sizes.py)."""
+    note = small_images_note(paths, image_size, resize)
+    if note is not None and is_main_process():
+        print(f"{protocol}: {note}", file=sys.stderr)
 
 
 def train_transform(crop: int = 224, min_scale: float = 0.08) -> transforms.Compose:

@@ -15,7 +15,12 @@ from vicregl_cli.backbones.weights import WeightsRef
 from vicregl_cli.distributed import compute_device, is_main_process
 from vicregl_cli.errors import UserError
 from vicregl_cli.evaluate.classification import open_datasets
-from vicregl_cli.evaluate.features import eval_transform, extractor_from_config, frozen_params
+from vicregl_cli.evaluate.features import (
+    eval_transform,
+    extractor_from_config,
+    frozen_params,
+    warn_if_small_images,
+)
 from vicregl_cli.progress import track
 from vicregl_cli.sweep import SweepPoint
 
@@ -190,6 +195,7 @@ def plan(config: KnnConfig, weights: WeightsRef) -> list[SweepPoint]:
         raise UserError("chunk sizes must be positive")
     eval_transform(config.resize, config.image_size)
     train_set, val_set = open_datasets(config.data, None, None)
+    warn_if_small_images("knn", [path for path, _ in train_set.samples], config.image_size, config.resize)
     ks = clamp_ks(config.ks, len(train_set))
     params = {**frozen_params(config, weights, train_set, val_set), "ks": ks}
     task = replace(config, ks=tuple(ks))

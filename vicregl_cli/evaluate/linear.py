@@ -37,6 +37,7 @@ from vicregl_cli.evaluate.features import (
     extractor_from_config,
     frozen_params,
     train_transform,
+    warn_if_small_images,
 )
 from vicregl_cli.evaluate.linear_presets import DEFAULT_LRS, LrSchedule
 from vicregl_cli.progress import track
@@ -179,6 +180,7 @@ def plan(config: LinearConfig, weights: WeightsRef) -> list[SweepPoint]:
     schedule.check()
     eval_transform(config.resize, config.image_size)
     train_set, val_set = open_splits(config, None, None)
+    warn_if_small_images("linear", [path for path, _ in train_set.samples], config.image_size, config.resize)
     shared = frozen_params(config, weights, train_set, val_set, swept=("lrs", "train_list", "val_list"))
     protocol = "linear-cached" if config.cached else "linear"
     dataset = f"{config.dataset}:{Path(config.data).resolve()}"

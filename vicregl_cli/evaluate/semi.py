@@ -27,7 +27,12 @@ from vicregl_cli.evaluate.classification import (
     topk_correct,
     wrap_ddp,
 )
-from vicregl_cli.evaluate.features import eval_transform, extract_features, train_transform
+from vicregl_cli.evaluate.features import (
+    eval_transform,
+    extract_features,
+    train_transform,
+    warn_if_small_images,
+)
 from vicregl_cli.progress import track
 from vicregl_cli.protocol_defaults import SEMI_GRID_BACKBONE, SEMI_GRID_HEAD
 from vicregl_cli.seeding import seeded
@@ -164,6 +169,7 @@ def plan(config: SemiConfig, weights: WeightsRef) -> list[SweepPoint]:
     )
     eval_transform(config.resize, config.image_size)
     train_set, val_set = open_datasets(config.data, None, None)
+    warn_if_small_images("semi", [path for path, _ in train_set.samples], config.image_size, config.resize)
     labelled = labelled_indices(config, train_set)
     lrs_backbone, lrs_head = default_lrs(config, len(labelled), len(train_set))
     skipped = ("data", "device", "lrs_backbone", "lrs_head", "grid")

@@ -24,6 +24,7 @@ from vicregl_cli.evaluate.features import (
     bn_recalibration_params,
     eval_transform,
     extractor_from_config,
+    warn_if_small_images,
 )
 from vicregl_cli.evaluate.svm_fit import (
     VISSL_COSTS,
@@ -99,6 +100,7 @@ def plan(config: SvmConfig, weights: WeightsRef) -> list[SweepPoint]:
     """Check options, label files and images (nothing computed): one point."""
     check_options(config)
     train, test = read_splits(config)
+    warn_if_small_images("svm", train.paths, config.image_size, config.resize)
     bn_batches = bn_batches_used(weights, config.recalibrate_bn, config.bn_batches)
     params = {
         "train_split": config.train_split, "test_split": config.test_split, "costs": list(config.costs),

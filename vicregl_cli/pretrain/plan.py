@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from vicregl_cli.data.file_list import FileListDataset
 from vicregl_cli.data.file_list_cache import load_or_list
 from vicregl_cli.data.multicrop import MultiCropConfig, MultiCropTransform, collate
 from vicregl_cli.errors import UserError
+from vicregl_cli.files import check_writable_folder
 from vicregl_cli.pretrain.config import PretrainConfig, to_dict
 from vicregl_cli.pretrain.model import LossWeights, VICRegL
 from vicregl_cli.pretrain.optim import peak_lr
@@ -68,6 +70,20 @@ def multicrop_config(config: PretrainConfig, stride: int) -> MultiCropConfig:
     )
 
 
+def training_folder(data: str | None) -> Path:
+    """--data, the ImageFolder to pretrain on; a root holding train/ and val/ is refused (its validation
+    images would be pretrained on), with the folder to give instead."""
+    if not data:
+        raise UserError("no training data: pass --data DIR (an ImageFolder: DIR/<class>/<image>)")
+    root = Path(data).expanduser()
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        raise UserError(
+            f"--data {root} holds train/ and val/: pretraining would learn from the validation images too; "
+            f"give --data {root / 'train'}"
+        )
+    return root
+
+
 def plan_run(config: PretrainConfig, device: str = "auto", write_cache: bool = True) -> Plan:
     """Join the process group and check everything that needs no model: world size, backbone, crops, data.
 
@@ -94,11 +110,9 @@ def plan_run(config: PretrainConfig, device: str = "auto", write_cache: bool = T
                 f"(first: large views, {locations[0]}; second: any view, {min(locations)}); "
                 "lower --num-matches"
             )
-    if not config.data:
-        raise UserError("no training data: pass --data DIR (an ImageFolder: DIR/<class>/<image>)")
-    files, _ = load_or_list(
-        config.data, config.cache_dir or config.out, write=write_cache and distributed.is_main_process()
-    )
+    check_writable_folder(config.out)
+    root, write = training_folder(config.data), write_cache and distributed.is_main_process()
+    files, _ = load_or_list(root, config.cache_dir or config.out, write=write)
     transform = MultiCropTransform(multicrop_config(config, spec.output_stride))
     folder = FileListDataset(files, transform=transform)
     if len(folder) < config.batch_size:

@@ -17,9 +17,11 @@ import yaml
 
 from vicregl_cli.backbones.registry import get_spec
 from vicregl_cli.errors import UserError
+from vicregl_cli.files import check_writable_folder
 from vicregl_cli.options import MAX_REQUEUES, SIGNAL_DELAY_S, SlurmOptions, executor_parameters, make_executor
 from vicregl_cli.pretrain.config import PretrainConfig, to_dict, validate
 from vicregl_cli.pretrain.loop import Hooks, train
+from vicregl_cli.pretrain.plan import training_folder
 
 
 class PretrainJob:
@@ -56,8 +58,9 @@ def _checked(config: PretrainConfig, slurm: SlurmOptions) -> str:
     """Validate the config and the job's world size before anything is submitted; the job's name."""
     validate(config)
     get_spec(config.backbone)
-    if not config.data or not Path(config.data).is_dir():
+    if not training_folder(config.data).is_dir():
         raise UserError(f"--data {config.data!r} is not a folder (an ImageFolder: DATA/<class>/<image>)")
+    check_writable_folder(config.out)
     slurm.check()
     if config.batch_size % slurm.tasks:
         raise UserError(

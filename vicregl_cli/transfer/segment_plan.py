@@ -3,16 +3,15 @@ learning rates) against the resolved weights and the packaged templates before a
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 from importlib.resources import as_file, files
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 
 from vicregl_cli.backbones import WeightsRef, get_spec
+from vicregl_cli.data.image_sizes import far_smaller, median_short_side
 from vicregl_cli.data.readers import read_mask, voc_class_names
 from vicregl_cli.errors import UserError
 
@@ -28,7 +27,7 @@ DATASET_TEMPLATES = {
 }
 FAMILY_TEMPLATES = {"resnet": "resnet_sgd.py", "convnext": "convnext_adamw.py"}  # head, inference, optimiser
 PROTOCOLS = ("linear", "fcn")
-SAMPLED_FILES = 100  # masks read per split for the class-count check; images probed for the crop size
+SAMPLED_FILES = 100  # masks read per split for the class-count check
 AUTO_DEVICES = (None, "auto")
 
 
@@ -178,13 +177,9 @@ def _fit_crop(
     """The template crop (height, width), unless the images are so small (short side under half the crop's
     short side, e.g. the 96-px synthetic set) that upsampling them 2x and more would only slow the run: then
     the crop's short side shrinks to them (a multiple of 32) and its long side in proportion."""
-    short_sides = []
-    for image_path, _ in pairs[:SAMPLED_FILES]:
-        with Image.open(image_path) as image:
-            short_sides.append(min(image.size))
-    short = int(statistics.median(short_sides))
+    short = median_short_side([image_path for image_path, _ in pairs])
     template_short = min(template_crop)
-    if short * 2 >= template_short:
+    if not far_smaller(short, template_short):
         return template_crop
     shrunk = max(32, short // 32 * 32)
     crop = (template_crop[0] * shrunk // template_short, template_crop[1] * shrunk // template_short)

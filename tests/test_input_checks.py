@@ -115,9 +115,9 @@ def test_pretrain_out_that_is_a_file(monkeypatch, capsys, synthetic_root, tmp_pa
 def test_export_into_a_directory(monkeypatch, capsys, tmp_path, dry_run):
     folder = tmp_path / "exported"
     folder.mkdir()
-    line = refused(monkeypatch, capsys, "export", str(folder), "--weights", "random",
+    line = refused(monkeypatch, capsys, "export", "--out", str(folder), "--weights", "random",
                    "--backbone", "resnet18", "--to", "detectron2", *dry_run)  # fmt: skip
-    assert line == (f"error: export OUT {folder} is a directory; give the file to write inside it, "
+    assert line == (f"error: --out {folder} is a directory; give the file to write inside it, "
                     f"e.g. {folder / 'backbone_detectron2.pkl'}")  # fmt: skip
     assert tree(tmp_path) == ["exported"]
 

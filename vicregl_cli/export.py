@@ -44,7 +44,7 @@ def check_out_file(out: str | Path, target: str) -> Path:
     """The file an export writes: a folder is refused (the file name inside it is the user's choice, said in
     the message), as is a folder that cannot be created or written; checked before any weights are read."""
     suffix = ".pkl" if target == "detectron2" else ".pth"
-    return check_writable_file(out, "export OUT", f"backbone_{target}{suffix}")
+    return check_writable_file(out, "--out", f"backbone_{target}{suffix}")
 
 
 def check_target(target: str, backbone: str | None) -> None:

@@ -176,3 +176,12 @@ def test_dry_run_writes_no_cache(tmp_path):
                             num_matches=[4, 2])  # fmt: skip
     assert dry_run(config, "cpu")["images"] == 4
     assert not (tmp_path / "run").exists()
+
+
+def test_an_unwritable_cache_folder_is_a_warning(tmp_path):
+    root = make_tree(tmp_path / "data")
+    age_folders(root)
+    (tmp_path / "a_file").write_text("")
+    with pytest.warns(UserWarning, match="was not cached"):
+        files, hit = load_or_list(root, tmp_path / "a_file")
+    assert not hit and listed(files) == ImageFolder(str(root), allow_empty=True).samples

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -97,7 +98,8 @@ def load_file_list(root: str | Path, path: Path) -> FileList | None:
 
 def load_or_list(root: str | Path, cache_dir: str | Path | None, write: bool = True) -> tuple[FileList, bool]:
     """(the listing of `root`, whether it came from the cache in `cache_dir`). A fresh listing is saved there
-    when `write` (one process of a run writes) unless one of its folders changed within RACY_SECONDS."""
+    when `write` (one process of a run writes) unless one of its folders changed within RACY_SECONDS; a
+    folder that cannot be written is a warning."""
     path = cache_path(root, cache_dir) if cache_dir is not None else None
     cached = load_file_list(root, path) if path is not None else None
     if cached is not None:
@@ -106,5 +108,8 @@ def load_or_list(root: str | Path, cache_dir: str | Path | None, write: bool = T
     files = list_image_folder(root)
     settled = int(files.folder_mtimes.max()) < started_ns - int(RACY_SECONDS * 1e9)
     if path is not None and write and settled:
-        save_file_list(files, path)
+        try:
+            save_file_list(files, path)
+        except OSError as error:  # a read-only shared cache folder still serves its hits; a miss lists
+            warnings.warn(f"the listing of {root} was not cached in {path.parent}: {error}", stacklevel=2)
     return files, False

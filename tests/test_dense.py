@@ -14,7 +14,9 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from typer.testing import CliRunner
 
+from vicregl_cli.backbones import build_backbone
 from vicregl_cli.cli import app
+from vicregl_cli.dense.features import fuse_batchnorm, patch_features
 from vicregl_cli.dense.kmeans import cluster, clustering_iou
 from vicregl_cli.dense.memory import Memory, balanced_patches, patch_histograms
 from vicregl_cli.dense.metrics import class_iou, confusion, hungarian_mapping, iou_matrix, miou_metrics
@@ -146,6 +148,24 @@ def test_identity_miou_ignores_extra_predicted_classes_and_255():
     counts = confusion(truth, predicted, 2, 3)
     assert counts.tolist() == [[1, 0, 1], [0, 1, 0]]
     assert class_iou(counts, None).tolist() == pytest.approx([0.5, 1.0])
+
+
+@pytest.mark.parametrize("name", ["resnet10_small_w16", "resnet50"])
+def test_batchnorm_folding_keeps_the_features(name):
+    model = build_backbone(name).eval()
+    generator = torch.Generator().manual_seed(5)
+    for norm in model.modules():  # statistics and affine terms far from the identity
+        if isinstance(norm, torch.nn.BatchNorm2d):
+            norm.running_mean.normal_(generator=generator)
+            norm.running_var.uniform_(0.5, 2.0, generator=generator)
+            norm.weight.data.uniform_(0.5, 1.5, generator=generator)
+            norm.bias.data.normal_(generator=generator)
+    images = torch.randn(2, 3, 64, 64, generator=generator)
+    expected = patch_features(model, images, 4)
+    fused = fuse_batchnorm(model)
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in fused.modules())
+    got = patch_features(fused, images, 4)
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
 
 
 @pytest.fixture(scope="module")

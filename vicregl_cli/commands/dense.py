@@ -73,12 +73,13 @@ def dense(
     overclustering = tuple(parse_grid(clusters, "--clusters", int))  # bad values fail before torch loads
     from vicregl_cli.backbones import resolve_weights
     from vicregl_cli.dense import protocol as dense_protocol
+    from vicregl_cli.dense.config import OVERCLUSTERING, DenseConfig
 
-    config = dense_protocol.DenseConfig(
+    config = DenseConfig(
         dataset=dataset, data_root=data, protocol=protocol,
-        memory_sizes=sizes or dense_protocol.DenseConfig.memory_sizes, k=k, temperature=temperature,
+        memory_sizes=sizes or DenseConfig.memory_sizes, k=k, temperature=temperature,
         passes=passes, augment=augment, input_size=input_size, stage=stage, dilate=dilate,
-        clusters=overclustering or dense_protocol.OVERCLUSTERING,
+        clusters=overclustering or OVERCLUSTERING,
         kmeans_iterations=kmeans_iterations, search=search, batch_size=batch_size, num_workers=workers,
         query_chunk=query_chunk, memory_chunk=memory_chunk, recalibrate_bn=bn_recalibration,
         bn_batches=bn_batches, seed=seed, device=run.device,

@@ -67,7 +67,7 @@ class PairedImages(Dataset):
                 F.resize(mask, size, InterpolationMode.NEAREST),
             )
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.augment_seed * 1_000_003 + index)
+            torch.default_generator.manual_seed(self.augment_seed * 1_000_003 + index)  # CPU only: cheap
             top, left, height, width = transforms.RandomResizedCrop.get_params(image, CROP_SCALE, CROP_RATIO)
             image = F.resized_crop(image, top, left, height, width, size, InterpolationMode.BILINEAR,
                                    antialias=True)  # fmt: skip

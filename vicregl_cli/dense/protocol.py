@@ -4,10 +4,10 @@ readers) and the feature grid without computing anything; `run_point` (dense/run
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 
 from vicregl_cli.backbones.weights import WeightsRef
+from vicregl_cli.dense.config import PROTOCOLS, DenseConfig
 from vicregl_cli.dense.features import build_options, stage_stride
 from vicregl_cli.dense.retrieval import SEARCHES
 from vicregl_cli.dense.run import DenseTask, run_point
@@ -16,41 +16,9 @@ from vicregl_cli.evaluate.features import bn_batches_used, bn_recalibration_para
 from vicregl_cli.options import RunOptions
 from vicregl_cli.sweep import SweepPoint, point_name, run_sweep
 
-PROTOCOLS = ("retrieval", "kmeans")
 METRIC = "mIoU"
-PAPER_MEMORY_SIZES = (1024 * 10**2, 1024 * 10**3, 1024 * 10**4)  # Hummingbird's memory sizes
-OVERCLUSTERING = (100, 300, 500)
 
-__all__ = ["DenseConfig", "METRIC", "plan", "run_point", "run_protocol"]
-
-
-@dataclass(frozen=True)
-class DenseConfig:
-    """Everything `vicregl dense` needs besides the weights. `memory_sizes`: one retrieval run each (None:
-    every training patch); `clusters`: the overclustering Ks (k-means also runs K = the class count)."""
-
-    dataset: str
-    data_root: Path
-    protocol: str = "retrieval"
-    memory_sizes: tuple[int | None, ...] = (PAPER_MEMORY_SIZES[-1],)
-    k: int = 30
-    temperature: float = 0.02
-    passes: int = 2
-    augment: bool = True
-    input_size: int = 512
-    stage: int = 4
-    dilate: bool = False
-    clusters: tuple[int, ...] = OVERCLUSTERING
-    kmeans_iterations: int = 300
-    search: str = "torch"
-    batch_size: int = 16
-    num_workers: int = 4
-    query_chunk: int = 1024
-    memory_chunk: int = 65536
-    recalibrate_bn: bool | None = None
-    bn_batches: int = 100
-    seed: int = 0
-    device: str | None = None
+__all__ = ["METRIC", "DenseConfig", "plan", "run_point", "run_protocol"]
 
 
 def _check_options(config: DenseConfig) -> None:

@@ -10,8 +10,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from vicregl_cli.dense.config import DenseConfig
 from vicregl_cli.dense.data import PairedImages
-from vicregl_cli.dense.features import dense_model, patch_features
+from vicregl_cli.dense.features import dense_model, fuse_batchnorm, patch_features
 from vicregl_cli.dense.kmeans import cluster, clustering_iou
 from vicregl_cli.dense.memory import Memory, balanced_patches, patch_histograms
 from vicregl_cli.dense.metrics import confusion, miou_metrics
@@ -30,7 +31,7 @@ class DenseTask:
     """A checked dense point (picklable for SLURM): the config (`DenseConfig`), the resolved grid, classes
     and files, and what the point runs (patches per memory view, or the k-means Ks)."""
 
-    config: object
+    config: DenseConfig
     stride: int
     grid: int
     class_names: tuple[str, ...]
@@ -117,6 +118,7 @@ def run_point(point: SweepPoint) -> dict[str, float]:
         recalibrate_batchnorm(model, task.images("train"), num_batches=task.bn_batches,
                               batch_size=task.config.batch_size, num_workers=task.config.num_workers,
                               device=device, seed=point.weights.seed)  # fmt: skip
+    model = fuse_batchnorm(model).to(memory_format=torch.channels_last)
     evaluate = evaluate_kmeans if task.clusters else evaluate_retrieval
     metrics, per_class = evaluate(task, model, device)
     if point.folder is not None and is_main_process():

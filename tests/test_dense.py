@@ -186,19 +186,19 @@ def invoke(*arguments: str):
 
 def test_dry_run_plans_and_writes_nothing(voc, tmp_path):
     out = tmp_path / "out"
-    result = invoke("--data-root", str(voc), "--out", str(out), "--memory-size", "64", "all", "--dry-run")
+    result = invoke("--data", str(voc), "--out", str(out), "--memory-size", "64", "all", "--dry-run")
     assert result.exit_code == 0, result.output
     assert "retrieval_memory=64" in result.output and "retrieval_memory=all" in result.output
     assert not out.exists()
-    bad = invoke("--data-root", str(voc), "--out", str(out), "--input-size", "44", "--dry-run")
+    bad = invoke("--data", str(voc), "--out", str(out), "--input-size", "44", "--dry-run")
     assert bad.exit_code != 0 and "multiple of the stage's stride 8" in str(bad.exception)
-    small = invoke("--data-root", str(voc), "--out", str(out), "--memory-size", "8", "--dry-run")
+    small = invoke("--data", str(voc), "--out", str(out), "--memory-size", "8", "--dry-run")
     assert "smaller than the 12 training images × 2 passes" in str(small.exception)
 
 
 def test_end_to_end_writes_results(voc, tmp_path):
     out = tmp_path / "out"
-    result = invoke("--data-root", str(voc), "--out", str(out), "--memory-size", "48")
+    result = invoke("--data", str(voc), "--out", str(out), "--memory-size", "48")
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
     record = json.loads((out / "retrieval_memory=48" / "result.json").read_text())
     assert record["protocol"] == "dense-retrieval"
@@ -207,7 +207,7 @@ def test_end_to_end_writes_results(voc, tmp_path):
     assert 0 <= record["metrics"]["mIoU_identity"] <= record["metrics"]["mIoU"] + 1e-9 <= 100 + 1e-9
     per_class = json.loads((out / "retrieval_memory=48" / "per_class_iou.json").read_text())
     assert len(per_class["hungarian"]) == record["params"]["classes"]
-    kmeans = invoke("--data-root", str(voc), "--out", str(tmp_path / "km"), "--protocol", "kmeans",
+    kmeans = invoke("--data", str(voc), "--out", str(tmp_path / "km"), "--protocol", "kmeans",
                     "--clusters", "20", "500")  # fmt: skip
     assert kmeans.exit_code == 0, f"{kmeans.output}\n{kmeans.exception!r}"
     metrics = json.loads((tmp_path / "km" / "kmeans" / "result.json").read_text())["metrics"]

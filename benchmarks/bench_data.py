@@ -1,33 +1,50 @@
-"""Images/s on one CPU core of the multi-crop transform with positions, against the reference's PIL pipeline.
+"""Loader-worker cost of the multi-crop pipeline: colour on the training device vs the full CPU pipeline.
 
-Both decode a 500 × 375 JPEG file per image (as a data loader does) and produce 2 × 224 + 6 × 96 views
-with every colour augmentation and the positions of their grid cells. The baseline re-implements the
-reference VICRegL transform with torchvision's v1 transforms on PIL images; ours is `MultiCropTransform` on
-uint8 tensors. Rounds alternate between the pipelines so that a busy machine slows them alike; the best round
-of each is reported, as images per wall-clock second and per second of the thread's CPU time, and the
-median over rounds of the CPU-time ratio to the reference (steadier on a shared machine).
+Per recipe (ResNet: 2 × 224; ConvNeXt: 2 × 224 + 6 × 96), a DataLoader with one worker process reads a
+folder of 500 × 375 JPEGs (seeded samples, batches of 16, as `vicregl pretrain` does) with each pipeline:
 
-    python benchmarks/bench_data.py [--rounds 5] [--images 40]
+  main: CPU pipeline   PIL decode, crops, colour and normalisation on the worker (float32 views): main before
+                       the GPU-fed split;
+  colour_on=workers    today's code with the colour kept on the worker (JPEGs decoded by simplejpeg);
+  colour_on=device     the worker decodes, crops and draws the colour parameters; ships uint8 crops.
+
+Measured: the worker's CPU seconds per sample (its process time, stamped by the worker after each batch;
+from the end of the first batch to the end of the last) — decode, augment, collate and the copy into
+shared memory — as samples/s per core, and the bytes per sample of the batches that cross /dev/shm.
+Rounds alternate between the pipelines so a busy machine slows them alike; the best round of each and the
+median over rounds of the per-round ratio to main are printed. Then one image's decode time with each
+decoder at hand (same thread, best of rounds) and whether its pixels equal PIL's. The colour work itself
+(colour_device.py) runs on the training device and is not counted here.
+
+    python benchmarks/bench_data.py [--rounds 5] [--batches 6]
 """
 
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import tempfile
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.transforms as T
-import torchvision.transforms.functional as TF
-from PIL import Image, ImageFilter, ImageOps
-from torchvision.io import decode_jpeg, read_file
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader
 
-from vicregl_cli.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
-from vicregl_cli.data.multicrop import MULTICROP_PRESETS, MultiCropConfig, MultiCropTransform
+from vicregl_cli.data.decode import read_rgb_uint8
+from vicregl_cli.data.file_list import FileListDataset, list_image_folder
+from vicregl_cli.data.multicrop import MULTICROP_PRESETS, MultiCropConfig, MultiCropTransform, collate
+from vicregl_cli.data.readers import load_rgb
+from vicregl_cli.pretrain.plan import training_dataset
+from vicregl_cli.pretrain.sampler import SeededSamples, sample_seed
+
+BATCH = 16
+IMAGES = 16
+MAIN = "main: CPU pipeline"
 
 
 def write_test_jpeg(path: Path, width: int = 500, height: int = 375, seed: int = 0) -> Path:
@@ -43,120 +60,117 @@ def write_test_jpeg(path: Path, width: int = 500, height: int = 375, seed: int =
     return path
 
 
-class ReferencePipeline:
-    """The reference VICRegL multi-crop transform with locations, in torchvision v1 transforms on PIL."""
-
-    def __init__(self, config: MultiCropConfig) -> None:
-        self.config = config
-        self.jitter = T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)
-        self.normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-        self.groups = [(config.large_size, config.large_count, config.large_scale)]
-        if config.small_count:
-            self.groups.append((config.small_size, config.small_count, config.small_scale))
-
-    def colour(self, crop: Image.Image, even: bool) -> torch.Tensor:
-        if random.random() < 0.8:
-            crop = self.jitter(crop)
-        if random.random() < 0.2:
-            crop = TF.to_grayscale(crop, num_output_channels=3)
-        if random.random() < (1.0 if even else 0.1):
-            crop = crop.filter(ImageFilter.GaussianBlur(random.uniform(0.1, 2.0)))
-        if random.random() < (0.0 if even else 0.2):
-            crop = ImageOps.solarize(crop)
-        return self.normalize(TF.to_tensor(crop))
-
-    @staticmethod
-    def grid(top: int, left: int, height: int, width: int, cells: int, flipped: bool) -> torch.Tensor:
-        positions = torch.zeros(cells, cells, 2)
-        for row in range(cells):
-            for column in range(cells):
-                positions[row, column, 0] = top + (row + 0.5) * height / cells
-                positions[row, column, 1] = left + (column + 0.5) * width / cells
-        if flipped:
-            positions = positions.flip(1)
-        return positions.reshape(cells * cells, 2)
-
-    def __call__(self, path: Path) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        with Image.open(path) as file:
-            image = file.convert("RGB")
-        views, positions = [], []
-        for size, count, scale in self.groups:
-            for index in range(count):
-                top, left, height, width = T.RandomResizedCrop.get_params(image, scale, [3 / 4, 4 / 3])
-                crop = TF.resized_crop(
-                    image, top, left, height, width, [size, size], T.InterpolationMode.BICUBIC
-                )
-                flipped = random.random() < 0.5
-                if flipped:
-                    crop = TF.hflip(crop)
-                views.append(self.colour(crop, even=index % 2 == 0))
-                positions.append(self.grid(top, left, height, width, size // self.config.stride, flipped))
-        return views, positions
+def datasets(root: Path, config: MultiCropConfig) -> dict[str, SeededSamples]:
+    """The three pipelines as the training loader sees them."""
+    files = list_image_folder(root)
+    return {
+        MAIN: SeededSamples(FileListDataset(files, transform=MultiCropTransform(config))),
+        "colour_on=workers": SeededSamples(training_dataset(files, config, "workers")),
+        "colour_on=device": SeededSamples(training_dataset(files, config, "device")),
+    }
 
 
-def images_per_second(pipeline, path: Path, images: int) -> tuple[float, float]:
-    """(images per wall-clock second, images per second of this thread's CPU time) over `images` calls."""
-    wall, cpu = time.perf_counter(), time.thread_time()
-    for _ in range(images):
-        pipeline(path)
-    return images / (time.perf_counter() - wall), images / (time.thread_time() - cpu)
+def batch_bytes(batch) -> int:
+    """Bytes of every tensor of a collated batch (what a worker puts in shared memory)."""
+    if isinstance(batch, Tensor):
+        return batch.nbytes
+    return sum(batch_bytes(item) for item in batch)
+
+
+def stamped_collate(batch: list) -> tuple[tuple, float]:
+    """The training collate, plus the worker's CPU time when the batch is ready."""
+    return collate(batch), time.process_time()
+
+
+def worker_seconds_per_sample(dataset: SeededSamples, batches: int, epoch: int) -> float:
+    """CPU seconds of one DataLoader worker per sample, batch 0 (the warm-up) left out; a batch's time
+    includes putting the previous batch into shared memory."""
+    order = [
+        [(position % IMAGES, sample_seed(0, epoch, position)) for position in range(first, first + BATCH)]
+        for first in range(0, batches * BATCH, BATCH)
+    ]
+    loader = DataLoader(dataset, batch_sampler=order, num_workers=1, collate_fn=stamped_collate)
+    stamps = [stamp for _, stamp in loader]
+    return (stamps[-1] - stamps[0]) / ((batches - 1) * BATCH)
+
+
+def compare_pipelines(root: Path, name: str, rounds: int, batches: int) -> None:
+    config = MULTICROP_PRESETS[name]
+    pipelines = datasets(root, config)
+    per_round: dict[str, list[float]] = {label: [] for label in pipelines}
+    for epoch in range(rounds):
+        for label, dataset in pipelines.items():
+            per_round[label].append(worker_seconds_per_sample(dataset, batches, epoch))
+    shm = {label: batch_bytes(collate([dataset[(0, 0)] for _ in range(BATCH)])) / BATCH
+           for label, dataset in pipelines.items()}  # fmt: skip
+    views = f"{config.large_count} x {config.large_size}" + (
+        f" + {config.small_count} x {config.small_size}" if config.small_count else ""
+    )
+    print(f"\n{name} recipe ({views}), 1 worker, best of {rounds} rounds x {batches * BATCH} samples")
+    print(f"  {'':<20} {'worker ms/sample':>16} {'samples/s/core':>15} {'shm bytes/sample':>17}")
+    for label in pipelines:
+        best = min(per_round[label])
+        print(f"  {label:<20} {best * 1e3:16.2f} {1 / best:15.1f} {shm[label]:17,.0f}")
+    for label in list(pipelines)[1:]:
+        ratios = [base / ours for ours, base in zip(per_round[label], per_round[MAIN], strict=True)]
+        print(
+            f"  {label}: {min(per_round[MAIN]) / min(per_round[label]):.2f}x samples/s per core of main "
+            f"(per round: median {statistics.median(ratios):.2f}x, min {min(ratios):.2f}x, "
+            f"max {max(ratios):.2f}x); shm bytes {shm[label] / shm[MAIN]:.4f} of main's"
+        )
+
+
+def decoders(path: Path) -> dict[str, Callable[[], Tensor | np.ndarray]]:
+    """Each decoder at hand, to a (3, H, W) or (H, W, 3) uint8 array of the file's pixels."""
+    found: dict[str, Callable[[], Tensor | np.ndarray]] = {
+        "PIL (load_rgb + array: main)": lambda: np.array(load_rgb(path)),
+        "simplejpeg (data/decode.py)": lambda: read_rgb_uint8(path),
+    }
+    from torchvision.io import decode_jpeg, read_file
+
+    found["torchvision decode_jpeg"] = lambda: decode_jpeg(read_file(str(path)))
+
+    def pil_draft() -> np.ndarray:
+        with Image.open(path) as image:
+            image.draft("RGB", (image.width // 2, image.height // 2))
+            return np.array(image.convert("RGB"))
+
+    found["PIL draft 1/2 (DCT-scaled)"] = pil_draft
+    return found
+
+
+def compare_decoders(path: Path, rounds: int, calls: int = 50) -> None:
+    reference = np.array(load_rgb(path))
+    print(f"\ndecoding one 500 x 375 JPEG, 1 thread, best of {rounds} rounds x {calls} calls")
+    for label, decode in decoders(path).items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torchvision 0.29 deprecates its image decoders
+            pixels = decode()
+            best = float("inf")
+            for _ in range(rounds):
+                start = time.thread_time()
+                for _ in range(calls):
+                    decode()
+                best = min(best, (time.thread_time() - start) / calls)
+        array = pixels.permute(1, 2, 0).numpy() if isinstance(pixels, Tensor) else pixels
+        same = "n/a (smaller)" if array.shape != reference.shape else str(np.array_equal(array, reference))
+        print(f"  {label:<30} {best * 1e3:7.3f} ms   pixels equal PIL's: {same}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="alternating timed rounds per pipeline")
-    parser.add_argument("--images", type=int, default=40, help="images per round")
+    parser.add_argument("--batches", type=int, default=6, help=f"batches of {BATCH} per round (≥ 2)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    config = MULTICROP_PRESETS["convnext"]
-    reference = ReferencePipeline(config)
-    transform = MultiCropTransform(config)
-
-    def ours_from_file(path: Path):
-        return transform(decode_jpeg(read_file(str(path))))
-
-    def ours_from_pil(path: Path):
-        with Image.open(path) as file:
-            return transform(file.convert("RGB"))
-
-    pipelines = {
-        "reference (PIL)": reference,
-        "ours (decode_jpeg)": ours_from_file,
-        "ours (PIL decode)": ours_from_pil,
-    }
-    best_wall = dict.fromkeys(pipelines, 0.0)
-    best_cpu = dict.fromkeys(pipelines, 0.0)
-    round_cpu: dict[str, list[float]] = {name: [] for name in pipelines}
     with tempfile.TemporaryDirectory() as folder:
-        path = write_test_jpeg(Path(folder) / "image.jpg")
-        for pipeline in pipelines.values():
-            pipeline(path)
-        for _ in range(args.rounds):
-            for name, pipeline in pipelines.items():
-                wall, cpu = images_per_second(pipeline, path, args.images)
-                best_wall[name], best_cpu[name] = max(best_wall[name], wall), max(best_cpu[name], cpu)
-                round_cpu[name].append(cpu)
-    print(
-        f"multi-crop {config.large_count} x {config.large_size} + "
-        f"{config.small_count} x {config.small_size}, "
-        f"500 x 375 JPEG, 1 thread, best of {args.rounds} rounds x {args.images} images"
-    )
-    print(f"  {'':<20} {'wall-clock':>12} {'CPU time':>12}  (images/s)")
-    for name in pipelines:
-        print(f"  {name:<20} {best_wall[name]:12.1f} {best_cpu[name]:12.1f}")
-    reference_wall, reference_cpu = best_wall["reference (PIL)"], best_cpu["reference (PIL)"]
-    for name in list(pipelines)[1:]:
-        print(
-            f"  speed-up of {name}: {best_wall[name] / reference_wall:.2f}x wall-clock, "
-            f"{best_cpu[name] / reference_cpu:.2f}x CPU time"
-        )
-        # Rounds run back to back, so the ratio within a round sees the same machine load.
-        reference_rounds = round_cpu["reference (PIL)"]
-        ratios = [ours / base for ours, base in zip(round_cpu[name], reference_rounds, strict=True)]
-        print(
-            f"    CPU-time ratio per round: median {statistics.median(ratios):.2f}x "
-            f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x)"
-        )
+        root = Path(folder) / "images"
+        (root / "class").mkdir(parents=True)
+        for seed in range(IMAGES):
+            write_test_jpeg(root / "class" / f"{seed}.jpg", seed=seed)
+        for name in ("resnet", "convnext"):
+            compare_pipelines(root, name, args.rounds, args.batches)
+        compare_decoders(root / "class" / "0.jpg", args.rounds)
 
 
 if __name__ == "__main__":

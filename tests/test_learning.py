@@ -136,7 +136,8 @@ def _identical_views(monkeypatch):
 
     def call(self, image):
         sample = original(self, image)
-        return multicrop.MultiCropSample([sample.views[0]] * 2, [sample.positions[0]] * 2)
+        colour = None if sample.colour is None else sample.colour[[0, 0]]  # colour_on: device
+        return multicrop.MultiCropSample([sample.views[0]] * 2, [sample.positions[0]] * 2, colour)
 
     monkeypatch.setattr(MultiCropTransform, "__call__", call)
 

@@ -283,7 +283,7 @@ def test_batched_colour_augmentation_equals_one_image_at_a_time(seed):
     images = float_images(6, 20, seed)
     blur_p, solarize_p = [1.0, 0.5, 0.0, 1.0, 0.5, 0.1], [0.0, 0.5, 1.0, 0.5, 0.2, 1.0]
     torch.manual_seed(seed)
-    got = photometric.augment_colours_(images.clone(), blur_p, solarize_p)
+    got = photometric.augment_colours_(images.clone(), photometric.draw_colour_params(blur_p, solarize_p))
     torch.manual_seed(seed)
     expected = augment_one_by_one(images, torch.rand(6, 13), blur_p, solarize_p)
     assert torch.allclose(got, expected, atol=0.02)
@@ -296,7 +296,9 @@ def test_a_full_sample_has_the_recipe_shapes_and_dtypes():
     sample = MultiCropTransform(MULTICROP_PRESETS["convnext"])(random_image())
     assert [tuple(v.shape) for v in sample.views] == [(3, 224, 224)] * 2 + [(3, 96, 96)] * 6
     assert [tuple(p.shape) for p in sample.positions] == [(49, 2)] * 2 + [(9, 2)] * 6
-    assert all(v.dtype == torch.float32 and p.dtype == torch.float32 for v, p in zip(*sample, strict=True))
+    assert sample.colour is None
+    pairs = zip(sample.views, sample.positions, strict=True)
+    assert all(v.dtype == torch.float32 and p.dtype == torch.float32 for v, p in pairs)
     low, high = (0 - MEAN) / STD, (1 - MEAN) / STD
     for view in sample.views:
         assert torch.all(view >= low - 1e-4) and torch.all(view <= high + 1e-4)

@@ -1,7 +1,9 @@
 """VICRegL's multi-crop views with the position of every feature-map cell in original-image pixels.
 
 Per crop: a random resized crop (bicubic, antialiased, on uint8) whose box is kept, a horizontal flip, then
-the colour recipe of `photometric`. Positions: the crop box cut into an H × W grid (H = W = crop size //
+the colour recipe of `photometric`, drawn as a row of colour parameters and applied here or, with
+`colour_on_device`, shipped with the uint8 crop and applied batched on the training device
+(colour_device.py). Positions: the crop box cut into an H × W grid (H = W = crop size //
 backbone stride), the centre of each cell as (y, x) — the reference code's (row, column) order — row-major;
 a flipped crop lists its columns mirrored, so that position k describes what the feature map shows at cell k.
 """
@@ -17,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
+from torch.utils.data import default_collate
 
-from vicregl_cli.data.photometric import augment_colours_
+from vicregl_cli.data.photometric import augment_colours_, draw_colour_params
 from vicregl_cli.errors import UserError
 
 ASPECT_RATIO = (3.0 / 4.0, 4.0 / 3.0)
@@ -110,10 +113,20 @@ class CropBox(NamedTuple):
 
 
 class MultiCropSample(NamedTuple):
-    """Normalised views (3, S, S) float32, large first, and their positions (H·W, 2) float32 as (y, x)."""
+    """Views (3, S, S), large first, and their positions (H·W, 2) float32 as (y, x). Without `colour` the
+    views are normalised float32; with it they are uint8 crops still to be coloured by its rows (V,
+    NUM_PARAMS), one per view (colour_device.apply_colours)."""
 
     views: list[Tensor]
     positions: list[Tensor]
+    colour: Tensor | None = None
+
+
+class Uint8Views(NamedTuple):
+    """A batch's uint8 views, each (B, 3, S, S), and their colour parameters (B, V, NUM_PARAMS)."""
+
+    crops: list[Tensor]
+    colour: Tensor
 
 
 class CropGroup(NamedTuple):
@@ -192,8 +205,9 @@ def to_uint8_image(image: Image.Image | Tensor) -> Tensor:
 class MultiCropTransform:
     """Callable on a PIL image or uint8 tensor -> MultiCropSample; fits `image_folder(root, transform)`."""
 
-    def __init__(self, config: MultiCropConfig) -> None:
+    def __init__(self, config: MultiCropConfig, colour_on_device: bool = False) -> None:
         self.config = config
+        self.colour_on_device = colour_on_device
         self.groups = [(config.large_size, config.large_count, config.large_scale)]
         if config.small_count:
             self.groups.append((config.small_size, config.small_count, config.small_scale))
@@ -218,23 +232,39 @@ class MultiCropTransform:
         return groups
 
     def __call__(self, image: Image.Image | Tensor) -> MultiCropSample:
-        views: list[Tensor] = []
-        positions: list[Tensor] = []
-        for group in self.crop_groups(image):
+        """The sample's crops and positions, then each group's colour parameters (drawn in that order from
+        torch's global generator): coloured and normalised here, or shipped with the uint8 crops."""
+        groups = self.crop_groups(image)
+        params = []
+        for group in groups:
             count = group.pixels.shape[0]
             blur_p = [self.config.blur_p[index % 2] for index in range(count)]
             solarize_p = [self.config.solarize_p[index % 2] for index in range(count)]
-            normalised = augment_colours_(group.pixels.float(), blur_p, solarize_p)
-            views.extend(normalised.unbind(0))
-            positions.extend(group.positions.unbind(0))
+            params.append(draw_colour_params(blur_p, solarize_p))
+        positions = [position for group in groups for position in group.positions.unbind(0)]
+        if self.colour_on_device:
+            crops = [crop for group in groups for crop in group.pixels.unbind(0)]
+            return MultiCropSample(crops, positions, torch.cat(params))
+        views = []
+        for group, group_params in zip(groups, params, strict=True):
+            views.extend(augment_colours_(group.pixels.float(), group_params).unbind(0))
         return MultiCropSample(views, positions)
 
 
-def collate(batch: list[tuple[MultiCropSample, int]]) -> tuple[list[Tensor], list[Tensor], Tensor]:
-    """Batch (sample, label) pairs: (views, each (B, 3, S, S); positions, each (B, L, 2); labels (B,))."""
+def collate(
+    batch: list[tuple[MultiCropSample, int]],
+) -> tuple[list[Tensor] | Uint8Views, list[Tensor], Tensor]:
+    """Batch (sample, label) pairs: (views, each (B, 3, S, S) — as Uint8Views when the samples carry colour
+    parameters; positions, each (B, L, 2); labels (B,)). torch's default_collate stacks: in a loader worker
+    straight into shared memory, saving a copy of the batch."""
     samples, labels = zip(*batch, strict=True)
-    views = [torch.stack(view) for view in zip(*(sample.views for sample in samples), strict=True)]
+    views: list[Tensor] | Uint8Views = [
+        default_collate(list(view)) for view in zip(*(sample.views for sample in samples), strict=True)
+    ]
+    if samples[0].colour is not None:
+        views = Uint8Views(views, default_collate([sample.colour for sample in samples]))
     positions = [
-        torch.stack(position) for position in zip(*(sample.positions for sample in samples), strict=True)
+        default_collate(list(position))
+        for position in zip(*(sample.positions for sample in samples), strict=True)
     ]
     return views, positions, torch.as_tensor(labels, dtype=torch.long)

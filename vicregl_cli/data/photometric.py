@@ -2,20 +2,23 @@
 
 Colour jitter (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1) with p 0.8 in a random order per crop,
 grayscale p 0.2, Gaussian blur and solarisation with per-crop probabilities, then ImageNet normalisation: the
-reference recipe's distributions. On CPU a small crop costs more in per-operation overhead than in
-arithmetic, so every step runs once over all the crops that take it, and the random draws are planned in
-Python; a large crop costs memory traffic, so the element-wise ops take one at a time (it stays in the
-core's cache), the hue rotation uses few passes and the blur only the non-zero band of its matrix.
+reference recipe's distributions. Every random choice of a crop is drawn first, as one row of colour
+parameters (`draw_colour_params`), so that the same row can be applied here on CPU or batched on the training
+device (colour_device.py). On CPU a small crop costs more in per-operation overhead than in arithmetic, so
+every step runs once over all the crops that take it, planned in Python from the parameters; a large crop
+costs memory traffic, so the element-wise ops take one at a time (it stays in the core's cache), the hue
+rotation uses few passes and the blur only the non-zero band of its matrix.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from vicregl_cli.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
@@ -37,21 +40,59 @@ BRIGHTNESS_OP, CONTRAST_OP, SATURATION_OP, HUE_OP = range(4)
 # Uniforms drawn per crop, in this order: jitter on, brightness, contrast, saturation, hue, 4 keys whose
 # argsort is the jitter order, grayscale on, blur on, blur sigma, solarise on.
 NUM_DRAWS = 13
-
-_LUMA = torch.tensor(LUMA_WEIGHTS)
-# HSV -> RGB phase of R, G, B (5, 3, 1), plus 1, minus 6: e − 6 in adjust_hue_.
-_HUE_OFFSETS = torch.tensor([0.0, -2.0, -4.0]).view(1, 3, 1, 1)
-_NORM_SCALE = (1.0 / (255.0 * torch.tensor(IMAGENET_STD))).view(1, 3, 1, 1)
-_NORM_SHIFT = (torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD)).view(1, 3, 1, 1)
-_BLUR_SOURCES: dict[int, Tensor] = {}
+# Columns of a crop's colour parameters (float32, draw_colour_params): flags are 0 / 1, JITTER_ORDER holds
+# the op (BRIGHTNESS_OP...) of each of the 4 jitter slots, JITTER_FACTORS the factor of each op.
+JITTER_ON, JITTER_FACTORS, JITTER_ORDER = 0, slice(1, 5), slice(5, 9)
+GRAYSCALE_ON, BLUR_ON, BLUR_SIGMA_COLUMN, SOLARIZE_ON = 9, 10, 11, 12
+NUM_PARAMS = 13
+_JITTER_RANGES = (BRIGHTNESS, CONTRAST, SATURATION, HUE)
 _IDENTITY_BLEND = (1.0, 0.0, 0.0)
 _GRAYSCALE_BLEND = (0.0, 1.0, 0.0)
+
+
+class _Constants(NamedTuple):
+    luma: Tensor  # (3,)
+    hue_offsets: Tensor  # (1, 3, 1, 1): HSV -> RGB phase of R, G, B (5, 3, 1), plus 1, minus 6
+    norm_scale: Tensor  # (1, 3, 1, 1)
+    norm_shift: Tensor
+
+
+@lru_cache(maxsize=8)
+def constants(device: torch.device) -> _Constants:
+    """The recipe's constant tensors on `device`, copied there once (no host transfer inside a step)."""
+    std = torch.tensor(IMAGENET_STD)
+    return _Constants(
+        torch.tensor(LUMA_WEIGHTS).to(device),
+        torch.tensor([0.0, -2.0, -4.0]).view(1, 3, 1, 1).to(device),
+        (1.0 / (255.0 * std)).view(1, 3, 1, 1).to(device),
+        (torch.tensor(IMAGENET_MEAN) / std).view(1, 3, 1, 1).to(device),
+    )
+
+
+def draw_colour_params(blur_p: Sequence[float], solarize_p: Sequence[float]) -> Tensor:
+    """(N, NUM_PARAMS) colour parameters of N crops from torch's global generator: image n is jittered with
+    p 0.8 (factors and order drawn), made gray with p 0.2, blurred with p `blur_p[n]` (sigma uniform in
+    [0.1, 2]) and solarised with p `solarize_p[n]`; the layout is the column constants above."""
+    rows = []
+    draws = torch.rand(len(blur_p), NUM_DRAWS).tolist()
+    # Plain Python: for a few crops, a tenth of the time of the same in tensor ops.
+    for u, p_blur, p_solarize in zip(draws, blur_p, solarize_p, strict=True):
+        factors = [_lerp(draw, bounds) for draw, bounds in zip(u[1:5], _JITTER_RANGES, strict=True)]
+        order = sorted(range(4), key=lambda op: u[5 + op])
+        flags = (u[9] < GRAYSCALE_P, u[10] < p_blur)
+        rows.append([u[0] < JITTER_P, *factors, *order, *flags, _lerp(u[11], BLUR_SIGMA), u[12] < p_solarize])
+    return torch.tensor(rows, dtype=torch.float32).view(len(rows), NUM_PARAMS)
+
+
+def _lerp(u: float, bounds: tuple[float, float]) -> float:
+    return bounds[0] + u * (bounds[1] - bounds[0])
 
 
 def luma(images: Tensor) -> Tensor:
     """(N, 1, S, S) luma of RGB images (N, 3, S, S)."""
     batch, _, height, width = images.shape
-    return torch.matmul(_LUMA, images.view(batch, 3, height * width)).view(batch, 1, height, width)
+    weights = constants(images.device).luma
+    return torch.matmul(weights, images.reshape(batch, 3, height * width)).view(batch, 1, height, width)
 
 
 def blend_(images: Tensor, factor: Tensor, gray_weight: Tensor | None, mean_weight: Tensor | None) -> Tensor:
@@ -77,7 +118,7 @@ def blend_(images: Tensor, factor: Tensor, gray_weight: Tensor | None, mean_weig
         if gray is not None:
             mean = gray.mean((2, 3), keepdim=True)
         else:
-            mean = torch.matmul(images.flatten(2).mean(2), _LUMA).view(-1, 1, 1, 1)
+            mean = torch.matmul(images.flatten(2).mean(2), constants(images.device).luma).view(-1, 1, 1, 1)
         offset = mean.mul_(mean_weight)
     if gray is None:
         base = offset
@@ -90,7 +131,10 @@ def blend_(images: Tensor, factor: Tensor, gray_weight: Tensor | None, mean_weig
 
 
 def _images_per_chunk(images: Tensor) -> int:
-    """How many images an op with a dozen one-channel temporaries takes at once to stay in a core's cache."""
+    """How many images an op with a dozen one-channel temporaries takes at once to stay in a core's cache
+    (on CPU; an accelerator takes the whole batch in one call)."""
+    if images.device.type != "cpu":
+        return images.shape[0]
     return max(1, CHUNK_PIXELS // (images.shape[-2] * images.shape[-1]))
 
 
@@ -106,10 +150,15 @@ def adjust_hue_(images: Tensor, shift: Tensor) -> Tensor:
     """
     if shift.numel() and shift.abs().max().item() >= 1.0 / 6.0:
         raise ValueError(f"hue shifts must lie in (-1/6, 1/6) turn, got {shift.flatten().tolist()}")
+    return rotate_hue_(images, shift)
+
+
+def rotate_hue_(images: Tensor, shift: Tensor) -> Tensor:
+    """adjust_hue_ without the range check (a host read): for shifts known to lie in (-1/6, 1/6) turn."""
     step = _images_per_chunk(images)
     if step < images.shape[0]:
         for first in range(0, images.shape[0], step):
-            adjust_hue_(images[first : first + step], shift[first : first + step])
+            rotate_hue_(images[first : first + step], shift[first : first + step])
         return images
     red, green, blue = images[:, 0:1], images[:, 1:2], images[:, 2:3]
     maxv = torch.maximum(red, green)
@@ -128,31 +177,42 @@ def adjust_hue_(images: Tensor, shift: Tensor) -> Tensor:
     torch.lerp(green_hue, hue, not_green, out=hue)
     torch.lerp(red_hue, hue, not_red, out=hue)
     hue.div_(chroma.clamp(min=1e-6)).add_(shift, alpha=6.0)
-    distance = torch.add(hue, _HUE_OFFSETS, out=images).abs_().sub_(3.0).abs_().clamp_(1.0, 2.0)
+    offsets = constants(images.device).hue_offsets
+    distance = torch.add(hue, offsets, out=images).abs_().sub_(3.0).abs_().clamp_(1.0, 2.0)
     return torch.addcmul(minv.sub_(chroma), distance, chroma, out=images)
 
 
-def _blur_sources(size: int) -> Tensor:
-    """(size, 2·radius + 1) source column of each tap of each output column, edge pixels repeated."""
-    if size not in _BLUR_SOURCES:
-        offsets = torch.arange(-BLUR_RADIUS, BLUR_RADIUS + 1)
-        _BLUR_SOURCES[size] = (torch.arange(size).unsqueeze(1) + offsets).clamp_(0, size - 1)
-    return _BLUR_SOURCES[size]
+def blur_matrices(size: int, sigmas: Tensor) -> Tensor:
+    """(N, size, size) float32 matrices M on sigmas' device: M @ column = the column blurred by a Gaussian
+    of sigmas[n] (computed in float64), edge pixels repeated.
+
+    Entry (i, j) holds tap j − i (added diagonal by diagonal); the taps that fall off an edge add onto its
+    column (cumulative sums from that end): no two taps are summed by atomic adds on a GPU (order varies).
+    """
+    device = sigmas.device
+    offsets = torch.arange(-BLUR_RADIUS, BLUR_RADIUS + 1, device=device, dtype=torch.float64)
+    taps = torch.exp(-(offsets * offsets) / (2.0 * sigmas.double().view(-1, 1) ** 2))
+    taps = taps / taps.sum(1, keepdim=True)
+    # Taps under 1e-12 are dropped: denormal floats would make the matrix products ~20x slower on x86.
+    taps = torch.where(taps > 1e-12, taps, 0.0)
+    matrices = torch.zeros(taps.shape[0], size, size, device=device, dtype=torch.float64)
+    by_offset = taps.t().unsqueeze(2).unbind(0)  # tap o of every matrix, (N, 1)
+    for offset, tap in zip(range(-BLUR_RADIUS, BLUR_RADIUS + 1), by_offset, strict=True):
+        if abs(offset) < size:
+            matrices.diagonal(offset, 1, 2).add_(tap)
+    padded = F.pad(taps, (1, 1))  # a zero before tap 0 and after the last: sums over no tap
+    last, rows = padded.shape[1] - 1, torch.arange(size, device=device)
+    # Row i's first column takes taps 0..R − i, its last column the taps from size − 1 − i + R on.
+    matrices[:, :, 0] = padded.cumsum(1).index_select(1, (BLUR_RADIUS + 1 - rows).clamp_(0, last))
+    from_end = padded.flip(1).cumsum(1).flip(1)
+    matrices[:, :, -1] = from_end.index_select(1, (size + BLUR_RADIUS - rows).clamp_(0, last))
+    return matrices.float()
 
 
-def blur_matrices(size: int, sigmas: Sequence[float]) -> Tensor:
-    """(N, size, size) matrices M: M @ column = the column blurred by a Gaussian of sigmas[n], edges kept."""
-    kernels = []
-    for sigma in sigmas:
-        offsets = range(-BLUR_RADIUS, BLUR_RADIUS + 1)
-        taps = [math.exp(-(offset * offset) / (2.0 * sigma * sigma)) for offset in offsets]
-        total = sum(taps)
-        # Taps under 1e-12 are dropped: denormal floats would make the matrix products ~20x slower on x86.
-        kernels.append([tap / total if tap / total > 1e-12 else 0.0 for tap in taps])
-    sources = _blur_sources(size)
-    count, span = len(kernels), sources.shape[1]
-    weights = torch.tensor(kernels).unsqueeze(1).expand(count, size, span)
-    return torch.zeros(count, size, size).scatter_add_(2, sources.expand(count, size, span), weights)
+def dense_blur(images: Tensor, matrices: Tensor) -> Tensor:
+    """Each image (N, C, S, S) blurred by its matrix (N, S, S): columns M @ X, then rows (M @ X) @ Mᵀ."""
+    matrices = matrices.unsqueeze(1)
+    return torch.matmul(torch.matmul(matrices, images), matrices.transpose(-1, -2))
 
 
 def _blur_bands(size: int) -> list[tuple[int, int, int, int]]:
@@ -172,10 +232,9 @@ def gaussian_blur_(images: Tensor, sigmas: Sequence[float]) -> Tensor:
     2·radius + BLUR_BAND columns enters the products (the rest of M is 0); small ones take the dense products.
     """
     size = images.shape[-1]
-    matrices = blur_matrices(size, sigmas)
+    matrices = blur_matrices(size, torch.tensor(sigmas, dtype=torch.float64))
     if size < BLUR_DENSE_BELOW:
-        matrices = matrices.unsqueeze(1)
-        return images.copy_(torch.matmul(torch.matmul(matrices, images), matrices.transpose(-1, -2)))
+        return images.copy_(dense_blur(images, matrices))
     bands = _blur_bands(size)
     channels = images.shape[1]
     rows_blurred = torch.empty(channels * size, size)
@@ -197,7 +256,8 @@ def solarize_(images: Tensor) -> Tensor:
 
 def normalize_(images: Tensor) -> Tensor:
     """In place: [0, 255] -> ImageNet-normalised (x / 255 − mean) / std."""
-    return images.mul_(_NORM_SCALE).sub_(_NORM_SHIFT)
+    table = constants(images.device)
+    return images.mul_(table.norm_scale).sub_(table.norm_shift)
 
 
 @dataclass
@@ -210,19 +270,14 @@ class _CropPlan:
     solarize: bool
 
 
-def _lerp(u: float, bounds: tuple[float, float]) -> float:
-    return bounds[0] + u * (bounds[1] - bounds[0])
-
-
-def plan_crop(u: Sequence[float], blur_p: float, solarize_p: float) -> _CropPlan:
-    """Turn a crop's NUM_DRAWS uniforms into its augmentations (layout in the NUM_DRAWS comment)."""
+def plan_crop(params: Sequence[float]) -> _CropPlan:
+    """A crop's augmentations from its row of colour parameters (layout: the column constants)."""
     jitter = []
-    if u[0] < JITTER_P:
-        factors = (_lerp(u[1], BRIGHTNESS), _lerp(u[2], CONTRAST), _lerp(u[3], SATURATION), _lerp(u[4], HUE))
-        order = sorted(range(4), key=lambda op: u[5 + op])
-        jitter = [(op, factors[op]) for op in order]
-    sigma = _lerp(u[11], BLUR_SIGMA) if u[10] < blur_p else None
-    return _CropPlan(jitter, u[9] < GRAYSCALE_P, sigma, u[12] < solarize_p)
+    if params[JITTER_ON]:
+        factors = params[JITTER_FACTORS]
+        jitter = [(int(op), factors[int(op)]) for op in params[JITTER_ORDER]]
+    sigma = params[BLUR_SIGMA_COLUMN] if params[BLUR_ON] else None
+    return _CropPlan(jitter, bool(params[GRAYSCALE_ON]), sigma, bool(params[SOLARIZE_ON]))
 
 
 def _apply_to_(images: Tensor, chosen: list[int], step: Callable[..., Tensor], *arguments) -> None:
@@ -295,14 +350,10 @@ def _hue_slot_(images: Tensor, shifts: list[float]) -> Tensor:
     return adjust_hue_(images, torch.tensor(shifts).view(-1, 1, 1, 1))
 
 
-def augment_colours_(images: Tensor, blur_p: Sequence[float], solarize_p: Sequence[float]) -> Tensor:
-    """In place on (N, 3, S, S) floats in [0, 255]: the recipe's colour augmentations, then normalisation.
-
-    Image n is jittered with p 0.8, made gray with p 0.2, blurred with p `blur_p[n]` (sigma uniform in
-    [0.1, 2]) and solarised with p `solarize_p[n]`; the draws come from torch's global generator.
-    """
-    draws = torch.rand(images.shape[0], NUM_DRAWS).tolist()
-    plans = [plan_crop(u, pb, ps) for u, pb, ps in zip(draws, blur_p, solarize_p, strict=True)]
+def augment_colours_(images: Tensor, params: Tensor) -> Tensor:
+    """In place on (N, 3, S, S) floats in [0, 255]: the colour augmentations of `params` (N, NUM_PARAMS),
+    from draw_colour_params, then normalisation."""
+    plans = [plan_crop(row) for row in params.tolist()]
     blend_steps, hue_steps = [], []
     for slot in range(4):
         slot_steps = [(index, plan.jitter[slot]) for index, plan in enumerate(plans) if plan.jitter]

@@ -59,6 +59,9 @@ class PretrainConfig:
     batch_size: int = setting(2048, "Global batch size (all processes together)")
     precision: str = setting("bf16", "bf16, fp16 or fp32 (CPU runs fp32)")
     num_workers: int = setting(8, "Data-loading processes per training process")
+    colour_on: str = setting(
+        "device", "Colour augmentations: device (batched on the training device) or workers (on CPU)"
+    )
     seed: int = setting(0, "Model init, augmentation and data-order seed")
     checkpoint_every: int = setting(1, "Epochs between checkpoints")
     log_every: int = setting(50, "Steps between stats.jsonl lines")
@@ -162,6 +165,8 @@ def validate(config: PretrainConfig) -> None:
         raise UserError(f"alpha {config.alpha} must lie in [0, 1] (1 = VICReg, 0 = local criterion only)")
     if config.optimizer not in ("lars", "adamw"):
         raise UserError(f"optimizer {config.optimizer!r}: choose lars or adamw")
+    if config.colour_on not in ("device", "workers"):
+        raise UserError(f"colour_on {config.colour_on!r}: choose device or workers")
     if config.precision not in ("bf16", "fp16", "fp32"):
         raise UserError(f"precision {config.precision!r}: choose bf16, fp16 or fp32")
     lengths = {

@@ -18,9 +18,11 @@ from torch.utils.data import DataLoader
 
 from vicregl_cli import distributed
 from vicregl_cli.backbones import BackboneSpec, build_backbone, get_spec
-from vicregl_cli.data.file_list import FileListDataset
+from vicregl_cli.data.colour_device import apply_colours
+from vicregl_cli.data.decode import read_rgb_uint8
+from vicregl_cli.data.file_list import FileList, FileListDataset
 from vicregl_cli.data.file_list_cache import load_or_list
-from vicregl_cli.data.multicrop import MultiCropConfig, MultiCropTransform, collate
+from vicregl_cli.data.multicrop import MultiCropConfig, MultiCropTransform, Uint8Views, collate
 from vicregl_cli.errors import UserError
 from vicregl_cli.files import check_writable_folder
 from vicregl_cli.pretrain.config import PretrainConfig, to_dict
@@ -84,6 +86,13 @@ def training_folder(data: str | None) -> Path:
     return root
 
 
+def training_dataset(files: FileList, crops: MultiCropConfig, colour_on: str) -> FileListDataset:
+    """The training images decoded to uint8 (PIL's pixels, faster: data/decode.py), then the multi-crop
+    transform, its colour work on the loader workers or left to the training device (colour_on)."""
+    transform = MultiCropTransform(crops, colour_on_device=colour_on == "device")
+    return FileListDataset(files, transform=transform, loader=read_rgb_uint8)
+
+
 def plan_run(config: PretrainConfig, device: str = "auto", write_cache: bool = True) -> Plan:
     """Join the process group and check everything that needs no model: world size, backbone, crops, data.
 
@@ -113,8 +122,7 @@ def plan_run(config: PretrainConfig, device: str = "auto", write_cache: bool = T
     check_writable_folder(config.out)
     root, write = training_folder(config.data), write_cache and distributed.is_main_process()
     files, _ = load_or_list(root, config.cache_dir or config.out, write=write)
-    transform = MultiCropTransform(multicrop_config(config, spec.output_stride))
-    folder = FileListDataset(files, transform=transform)
+    folder = training_dataset(files, multicrop_config(config, spec.output_stride), config.colour_on)
     if len(folder) < config.batch_size:
         raise UserError(
             f"{config.data} holds {len(folder)} images, fewer than one batch of {config.batch_size}: "
@@ -180,21 +188,35 @@ def make_loader(plan: Plan, sampler: EpochBatchSampler) -> DataLoader:
     )
 
 
+def autocast_dtype(plan: Plan) -> torch.dtype:
+    """The dtype the run computes in under autocast (float32 for fp32)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.precision, torch.float32)
+
+
 def autocast(plan: Plan) -> AbstractContextManager:
     """The mixed-precision context of the run's precision (none for fp32), shared by training and dry run."""
     if plan.precision == "fp32":
         return nullcontext()
-    dtype = torch.bfloat16 if plan.precision == "bf16" else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
+    return torch.autocast(device_type="cuda", dtype=autocast_dtype(plan))
 
 
 def to_device(
-    plan: Plan, views: list[Tensor], positions: list[Tensor], labels: Tensor
+    plan: Plan, views: list[Tensor] | Uint8Views, positions: list[Tensor], labels: Tensor
 ) -> tuple[list[Tensor], list[Tensor], Tensor | None]:
-    """A collated batch on the run's device (channels-last views on GPU); labels only when the probe is on."""
+    """A collated batch on the run's device (channels-last views on GPU); labels only when the probe is on.
+
+    Uint8 views (colour_on: device) are coloured there from their shipped parameters, on every rank, in
+    the autocast dtype: no random draw, nothing read back to the host.
+    """
     device = plan.env.device
-    memory_format = torch.channels_last if device.startswith("cuda") else torch.contiguous_format
-    views = [view.to(device, non_blocking=True, memory_format=memory_format) for view in views]
+    channels_last = device.startswith("cuda")
+    if isinstance(views, Uint8Views):
+        crops = [crop.to(device, non_blocking=True) for crop in views.crops]
+        colour = views.colour.to(device, non_blocking=True)
+        views = apply_colours(crops, colour, autocast_dtype(plan), channels_last)
+    else:
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        views = [view.to(device, non_blocking=True, memory_format=memory_format) for view in views]
     positions = [position.to(device, non_blocking=True) for position in positions]
     return views, positions, labels.to(device, non_blocking=True) if plan.num_classes else None
 
@@ -220,10 +242,11 @@ def dry_run(config: PretrainConfig, device: str = "auto") -> dict[str, Any]:
     plan = plan_run(config, device, write_cache=False)
     model = build_model(plan)
     count = min(DRY_RUN_BATCH, config.batch_size // plan.env.world_size)
-    views, positions, labels = collate([plan.dataset[(index, index)] for index in range(count)])
+    batch = collate([plan.dataset[(index, index)] for index in range(count)])
+    views, positions, labels = to_device(plan, *batch)
     model.train()
     with torch.no_grad(), autocast(plan):
-        outputs = model(*to_device(plan, views, positions, labels))
+        outputs = model(views, positions, labels)
     summary = describe(plan)
     summary["parameters"] = sum(p.numel() for p in model.parameters())
     summary["view_shapes"] = [list(view.shape) for view in views]

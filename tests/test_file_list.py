@@ -160,6 +160,10 @@ def test_plan_lists_through_the_cache_in_the_run_folder(tmp_path):
     assert not (tmp_path / "shared").exists() and not (tmp_path / "run2").exists()
     plan_run(elsewhere, "cpu")
     assert cache_path(root, tmp_path / "shared").is_file() and not (tmp_path / "run2").exists()
+    too_large = PretrainConfig(data=str(root), out=str(tmp_path / "run3"), batch_size=8, backbone="resnet18")
+    with pytest.raises(UserError, match="fewer than one batch"):
+        plan_run(too_large, "cpu")
+    assert not (tmp_path / "run3").exists()  # a refused run writes nothing, not even the listing
 
 
 def test_dry_run_writes_no_cache(tmp_path):

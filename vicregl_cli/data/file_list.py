@@ -11,6 +11,7 @@ found by a sorted `os.walk` with links followed, filtered by `IMG_EXTENSIONS`): 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ class FileList:
     labels: np.ndarray  # int64
     folders: list[str]
     folder_mtimes: np.ndarray  # int64 nanoseconds, one per folder
+    listed_ns: int = 0  # the clock when the walk began (time.time_ns()); 0 for a listing read from a cache
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -74,6 +76,7 @@ def _walk_class(root: str, class_name: str, folders: dict[str, int]) -> list[byt
 def list_image_folder(root: str | Path) -> FileList:
     """List `root/<class>/<image>` as torchvision's ImageFolder does; a missing root, no class folders or a
     class folder without images is a UserError."""
+    listed_ns = time.time_ns()
     classes = class_folders(Path(root))
     root = str(require_dir(Path(root), "image folder root"))
     folders = {"": os.stat(root).st_mtime_ns}
@@ -97,6 +100,7 @@ def list_image_folder(root: str | Path) -> FileList:
         labels=labels,
         folders=names,
         folder_mtimes=np.array([folders[name] for name in names], dtype=np.int64),
+        listed_ns=listed_ns,
     )
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -104,12 +103,20 @@ def load_or_list(root: str | Path, cache_dir: str | Path | None, write: bool = T
     cached = load_file_list(root, path) if path is not None else None
     if cached is not None:
         return cached, True
-    started_ns = time.time_ns()
     files = list_image_folder(root)
-    settled = int(files.folder_mtimes.max()) < started_ns - int(RACY_SECONDS * 1e9)
-    if path is not None and write and settled:
-        try:
-            save_file_list(files, path)
-        except OSError as error:  # a read-only shared cache folder still serves its hits; a miss lists
-            warnings.warn(f"the listing of {root} was not cached in {path.parent}: {error}", stacklevel=2)
+    if path is not None and write:
+        save_if_settled(files, path)
     return files, False
+
+
+def save_if_settled(files: FileList, path: Path) -> bool:
+    """Save a fresh listing to `path` unless one of its folders changed within RACY_SECONDS before the walk
+    began (the module's rule); whether it was saved."""
+    if int(files.folder_mtimes.max()) >= files.listed_ns - int(RACY_SECONDS * 1e9):
+        return False
+    try:
+        save_file_list(files, path)
+    except OSError as error:  # a read-only shared cache folder still serves its hits; a miss lists
+        warnings.warn(f"the listing of {files.root} was not cached in {path.parent}: {error}", stacklevel=2)
+        return False
+    return True

@@ -90,14 +90,14 @@ def train(
     """Pretrain (or resume) into config.out; returns the steps done. Raises TrainingInterrupted /
     NonFiniteLoss."""
     hooks = hooks or Hooks()
-    plan = plan_run(config, device)
-    tune_cuda_kernels(plan.env.device)
     monitor = hooks.monitor
     if config.monitor_data is not None and monitor is None:
         raise UserError(
             f"monitor_data {config.monitor_data} is set but no monitor was given: pass "
             "hooks=vicregl_cli.pretrain_hooks.monitor_hooks(config)"
         )
+    plan = plan_run(config, device)
+    tune_cuda_kernels(plan.env.device)
     env, run_dir = plan.env, Path(config.out)
     checkpoint_path = run_dir / "checkpoint.pth"
     resumed = None

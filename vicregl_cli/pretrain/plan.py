@@ -21,7 +21,7 @@ from vicregl_cli.backbones import BackboneSpec, build_backbone, get_spec
 from vicregl_cli.data.colour_device import apply_colours
 from vicregl_cli.data.decode import read_rgb_uint8
 from vicregl_cli.data.file_list import FileList, FileListDataset
-from vicregl_cli.data.file_list_cache import load_or_list
+from vicregl_cli.data.file_list_cache import cache_path, load_or_list, save_if_settled
 from vicregl_cli.data.multicrop import MultiCropConfig, MultiCropTransform, Uint8Views, collate
 from vicregl_cli.errors import UserError
 from vicregl_cli.files import check_writable_folder
@@ -120,14 +120,16 @@ def plan_run(config: PretrainConfig, device: str = "auto", write_cache: bool = T
                 "lower --num-matches"
             )
     check_writable_folder(config.out)
-    root, write = training_folder(config.data), write_cache and distributed.is_main_process()
-    files, _ = load_or_list(root, config.cache_dir or config.out, write=write)
+    root, cache_dir = training_folder(config.data), config.cache_dir or config.out
+    files, from_cache = load_or_list(root, cache_dir, write=False)
     folder = training_dataset(files, multicrop_config(config, spec.output_stride), config.colour_on)
     if len(folder) < config.batch_size:
         raise UserError(
             f"{config.data} holds {len(folder)} images, fewer than one batch of {config.batch_size}: "
             "lower --batch-size"
         )
+    if write_cache and distributed.is_main_process() and not from_cache:  # every check passed: write
+        save_if_settled(files, cache_path(root, cache_dir))
     steps_per_epoch = len(folder) // config.batch_size
     precision = config.precision if env.device.startswith("cuda") else "fp32"
     return Plan(

@@ -159,3 +159,86 @@ def test_two_gloo_processes_equal_one_process_with_both_halves(tmp_path):
             torch.testing.assert_close(
                 got / WORLD, full[mine], rtol=1e-5, atol=1e-5 * float(full.abs().max())
             )
+
+
+# ---------------------------------------------------------------- GPU choice and fp16 resume, CUDA mocked
+
+
+def _launch(launcher: str, local_rank: int, world_size: int) -> distributed.LaunchEnv:
+    return distributed.LaunchEnv(rank=local_rank, local_rank=local_rank, world_size=world_size,
+                                 master_addr="node1", master_port=29500, launcher=launcher)  # fmt: skip
+
+
+def test_gpu_index_follows_the_local_rank_one_gpu_per_slurm_task_and_an_explicit_index():
+    assert distributed.gpu_index(_launch("torchrun", 3, 8), None, visible=8) == 3
+    assert distributed.gpu_index(_launch("slurm", 5, 8), None, visible=8) == 5  # every task sees the node's 8
+    assert distributed.gpu_index(_launch("slurm", 5, 8), None, visible=1) == 0  # --gpus-per-task 1
+    assert distributed.gpu_index(_launch("single", 0, 1), 1, visible=2) == 1  # --device cuda:1
+    with pytest.raises(UserError, match="local rank 1 but only 1 GPUs visible"):
+        distributed.gpu_index(_launch("torchrun", 1, 2), None, visible=1)  # two ranks would share a GPU
+    with pytest.raises(UserError, match="local rank 2 but only 2 GPUs visible"):
+        distributed.gpu_index(_launch("slurm", 2, 4), None, visible=2)
+    with pytest.raises(UserError, match="--device cuda:1 names one GPU but 2 processes"):
+        distributed.gpu_index(_launch("torchrun", 0, 2), 1, visible=2)
+
+
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    """`count` visible CUDA devices as torch.cuda reports them; -> the devices set_device was given."""
+    chosen: list[int] = []
+
+    def fake(count: int) -> list[int]:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+        monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+        return chosen
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_ID",
+                 "SLURM_STEPID", "SLURM_LOCALID", "SLURM_STEP_NUM_TASKS", "SLURM_NPROCS"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    return fake
+
+
+def test_device_cuda_n_is_honoured_for_one_process_and_refused_when_missing(fake_gpus):
+    chosen = fake_gpus(2)
+    env = distributed.init_distributed(distributed.resolve_device("cuda:1"))
+    assert (env.device, env.world_size, chosen) == ("cuda:1", 1, [1])
+    assert distributed.init_distributed("cuda").device == "cuda:0"
+    with pytest.raises(UserError, match=r"--device cuda:2: only 2 GPUs are visible \(cuda:0 to cuda:1\)"):
+        distributed.resolve_device("cuda:2")
+    with pytest.raises(UserError, match="must be auto, cuda, cuda:N or cpu"):
+        distributed.resolve_device("mps")
+
+
+def test_a_slurm_task_that_sees_one_gpu_computes_on_it(fake_gpus, monkeypatch):
+    chosen = fake_gpus(1)
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    monkeypatch.setenv("SLURM_LOCALID", "5")
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[01-02]")
+    monkeypatch.setattr(distributed, "is_initialized", lambda: True)  # the NCCL group itself is not mocked
+    monkeypatch.setattr(dist, "get_rank", lambda: 5)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 8)
+    monkeypatch.setattr(dist, "get_backend", lambda: "nccl")
+    env = distributed.init_distributed("cuda")
+    assert (env.rank, env.local_rank, env.world_size, env.device, chosen) == (5, 5, 8, "cuda:0", [0])
+    with pytest.raises(UserError, match="--device cuda:0 names one GPU but 8 processes"):
+        distributed.init_distributed("cuda:0")
+
+
+def test_fp16_resumed_from_a_checkpoint_without_loss_scaling_starts_a_fresh_scaler(monkeypatch):
+    from vicregl_cli.pretrain.checkpoint import restore_scaler
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # an fp16 run's scaler is enabled on a GPU
+    fresh = torch.amp.GradScaler("cuda", enabled=True)
+    saved_by_bf16_or_cpu = torch.amp.GradScaler("cuda", enabled=False).state_dict()
+    assert saved_by_bf16_or_cpu == {}
+    note = restore_scaler(fresh, saved_by_bf16_or_cpu)
+    assert note.startswith("note: the checkpoint was written without fp16 loss scaling")
+    assert "fresh GradScaler (scale 65536)" in note and fresh.get_scale() == 65536.0
+    fp16_state = {"scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                  "_growth_tracker": 3}  # fmt: skip
+    resumed = torch.amp.GradScaler("cuda", enabled=True)
+    assert restore_scaler(resumed, fp16_state) == "" and resumed.get_scale() == 1024.0
+    assert restore_scaler(torch.amp.GradScaler("cuda", enabled=False), fp16_state) == ""  # fp16 -> bf16

@@ -28,7 +28,8 @@ __all__ = ["app", "main"]
 
 def main() -> None:
     """Console entry point: bad user input prints one clear line and exits 1, a run stopped by a signal
-    (checkpoint saved) says how to resume and exits 128 + the signal number; no traceback for either."""
+    (checkpoint saved) says how to resume and exits 128 + the signal number, a Ctrl-C that stopped at once
+    exits 130; no traceback."""
     try:
         app()
     except UserError as error:
@@ -37,6 +38,10 @@ def main() -> None:
     except TrainingInterrupted as stopped:  # pretraining or a detection run saved its checkpoint
         typer.echo(str(stopped), err=True)
         raise SystemExit(128 + stopped.signum) from None
+    except KeyboardInterrupt:  # a second Ctrl-C during training, or one outside it
+        typer.echo("interrupted by Ctrl-C: stopped at once (training resumes from its last checkpoint)",
+                   err=True)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ class DistEnv:
     local_rank: int
     world_size: int
     backend: str | None  # "nccl" | "gloo"; None for a single process without a process group
-    device: str  # "cuda:LOCAL_RANK" or "cpu": the device this process should compute on
+    device: str  # "cuda:N" (gpu_index) or "cpu": the device this process should compute on
 
 
 @dataclass(frozen=True)
@@ -162,40 +162,67 @@ def read_launch_env(environ: Mapping[str, str]) -> LaunchEnv:
 
 
 def resolve_device(device: str | None) -> str:
-    """`--device`: None or "auto" -> "cuda" when a GPU is visible, else "cpu"; "cuda" needs a visible GPU."""
+    """`--device`: None or "auto" -> "cuda" when a GPU is visible, else "cpu"; "cuda" needs a visible GPU and
+    "cuda:N" one of that index."""
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    kind = torch.device(device).type
-    if kind not in ("cuda", "cpu"):
-        raise UserError(f"--device must be auto, cuda or cpu, got {device!r}")
-    if kind == "cuda" and not torch.cuda.is_available():
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device must be auto, cuda, cuda:N or cpu, got {device!r}") from None
+    if parsed.type not in ("cuda", "cpu") or (parsed.type == "cpu" and parsed.index):
+        raise UserError(f"--device must be auto, cuda, cuda:N or cpu, got {device!r}")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {device}: no CUDA GPU is visible; pass --device cpu")
+    if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise UserError(
+            f"--device {device}: only {torch.cuda.device_count()} GPUs are visible (cuda:0 to "
+            f"cuda:{torch.cuda.device_count() - 1})"
+        )
     return device
+
+
+def gpu_index(launch: LaunchEnv, requested: int | None, visible: int) -> int:
+    """The GPU this process computes on: `--device cuda:N` for a single process; under a launcher, the GPU of
+    the local rank, or GPU 0 of a SLURM task that sees exactly one (`--gpus-per-task 1`: SLURM gives each
+    task its own). A GPU index with several processes, or too few GPUs for the local ranks, is a UserError."""
+    if requested is not None:
+        if launch.world_size > 1:
+            raise UserError(
+                f"--device cuda:{requested} names one GPU but {launch.world_size} processes each take the "
+                "GPU of their local rank: pass --device cuda (restrict the GPUs with CUDA_VISIBLE_DEVICES)"
+            )
+        return requested
+    if launch.local_rank < visible:
+        return launch.local_rank
+    if launch.launcher == "slurm" and visible == 1:
+        return 0
+    raise UserError(
+        f"local rank {launch.local_rank} but only {visible} GPUs visible on this node: "
+        "launch one process per GPU"
+    )
 
 
 def init_distributed(device: str) -> DistEnv:
     """Join the process group the launcher describes (NCCL on cuda, gloo on cpu); one process needs none.
 
-    `device` is "cuda" or "cpu"; the GPU used is cuda:LOCAL_RANK. Calling it again in the same process
-    returns the group already joined.
+    `device` is "cuda", "cuda:N" (a single process only) or "cpu"; gpu_index picks the GPU. Calling it again
+    in the same process returns the group already joined.
     """
-    kind = torch.device(device).type
-    if kind not in ("cuda", "cpu"):
+    parsed = torch.device(device)
+    if parsed.type not in ("cuda", "cpu"):
         raise UserError(f"device must be 'cuda' or 'cpu', got {device!r}")
-    if kind == "cuda" and not torch.cuda.is_available():
+    if parsed.type == "cuda" and not torch.cuda.is_available():
         raise UserError("device 'cuda' requested but no CUDA GPU is visible; pass --device cpu")
     launch = read_launch_env(os.environ)
-    if kind == "cuda" and launch.local_rank >= torch.cuda.device_count():
-        raise UserError(
-            f"local rank {launch.local_rank} but only {torch.cuda.device_count()} GPUs visible on this node: "
-            "launch one process per GPU"
-        )
-    compute_device = f"cuda:{launch.local_rank}" if kind == "cuda" else "cpu"
-    if kind == "cuda":
-        torch.cuda.set_device(launch.local_rank)
+    compute_device = "cpu"
+    if parsed.type == "cuda":
+        index = gpu_index(launch, parsed.index, torch.cuda.device_count())
+        compute_device = f"cuda:{index}"
+        torch.cuda.set_device(index)
     if launch.world_size == 1:
         return DistEnv(rank=0, local_rank=0, world_size=1, backend=None, device=compute_device)
-    backend = "nccl" if kind == "cuda" else "gloo"
+    backend = "nccl" if parsed.type == "cuda" else "gloo"
     if not is_initialized():
         os.environ["MASTER_ADDR"] = launch.master_addr
         os.environ["MASTER_PORT"] = str(launch.master_port)
@@ -204,7 +231,7 @@ def init_distributed(device: str) -> DistEnv:
             init_method="env://",
             rank=launch.rank,
             world_size=launch.world_size,
-            device_id=torch.device(compute_device) if kind == "cuda" else None,
+            device_id=torch.device(compute_device) if parsed.type == "cuda" else None,
         )
     return DistEnv(
         rank=dist.get_rank(),
@@ -216,7 +243,7 @@ def init_distributed(device: str) -> DistEnv:
 
 
 def compute_device(device: str | None) -> torch.device:
-    """Join the torchrun / SLURM process group if any; this rank's device (cuda:<local rank> on GPUs)."""
+    """Join the torchrun / SLURM process group if any; this rank's device (gpu_index on GPUs)."""
     return torch.device(init_distributed(resolve_device(device)).device)
 
 

@@ -75,6 +75,51 @@ def check_resumable(payload: dict[str, Any], config: PretrainConfig, path: Path)
         )
 
 
+def agree_on_resume(
+    path: Path, config: PretrainConfig, no_resume: bool, env: DistEnv
+) -> dict[str, Any] | None:
+    """The checkpoint to resume from, or None for a fresh run, decided by rank 0 alone and sent to every rank:
+    ranks that see `--out` differently (node-local disks, NFS caches) never disagree. Rank 0 refusing it
+    (UserError) stops every rank with the same line. The other ranks get everything but the weights, which
+    DistributedDataParallel broadcasts from rank 0 when it wraps the model."""
+    verdict: dict[str, Any] | UserError | None = None
+    if env.rank == 0:
+        try:
+            verdict = _read_for_resume(path, config, no_resume)
+        except UserError as error:
+            verdict = error
+    if env.world_size > 1:
+        shared = [{key: value for key, value in verdict.items() if key != "model"}
+                  if isinstance(verdict, dict) else verdict]  # fmt: skip
+        dist.broadcast_object_list(shared, src=0)
+        verdict = verdict if env.rank == 0 else shared[0]
+    if isinstance(verdict, UserError):
+        raise verdict
+    return verdict
+
+
+def _read_for_resume(path: Path, config: PretrainConfig, no_resume: bool) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    if no_resume:
+        raise UserError(f"{path} exists and --no-resume was given: choose another --out or remove it")
+    payload = load_checkpoint(path)
+    check_resumable(payload, config, path)
+    return payload
+
+
+def restore_scaler(scaler: torch.amp.GradScaler, state: dict[str, Any]) -> str:
+    """Load the fp16 loss scaler's state; a checkpoint written without one (bf16, fp32, CPU) leaves a fresh
+    scaler -> the note saying so ("" when there is nothing to say)."""
+    if scaler.is_enabled() and not state:
+        return (
+            "note: the checkpoint was written without fp16 loss scaling (bf16, fp32 or CPU): fp16 starts "
+            f"with a fresh GradScaler (scale {scaler.get_scale():g})"
+        )
+    scaler.load_state_dict(state)
+    return ""
+
+
 def seed_training_rng(seed: int, rank: int) -> None:
     """The training loop's seeding of every global RNG: distinct streams per rank (drop-path masks),
     reproducible from the seed."""

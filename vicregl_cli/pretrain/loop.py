@@ -29,11 +29,11 @@ from torch.nn.parallel import DistributedDataParallel
 from vicregl_cli import distributed
 from vicregl_cli.backbones import save_backbone
 from vicregl_cli.errors import UserError
-from vicregl_cli.interrupts import StopRequest, TrainingInterrupted
+from vicregl_cli.interrupts import StopRequest, TrainingInterrupted, resume_command
 from vicregl_cli.pretrain.checkpoint import (
-    check_resumable,
-    load_checkpoint,
+    agree_on_resume,
     restore_rng,
+    restore_scaler,
     save_training_state,
     seed_training_rng,
 )
@@ -100,14 +100,7 @@ def train(
     tune_cuda_kernels(plan.env.device)
     env, run_dir = plan.env, Path(config.out)
     checkpoint_path = run_dir / "checkpoint.pth"
-    resumed = None
-    if checkpoint_path.exists():
-        if no_resume:
-            raise UserError(
-                f"{checkpoint_path} exists and --no-resume was given: choose another --out or remove it"
-            )
-        resumed = load_checkpoint(checkpoint_path)
-        check_resumable(resumed, config, checkpoint_path)
+    resumed = agree_on_resume(checkpoint_path, config, no_resume, env)
     main = env.rank == 0
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -123,9 +116,12 @@ def train(
     scaler = torch.amp.GradScaler("cuda", enabled=plan.precision == "fp16")
     epoch, batch_in_epoch, step = 0, 0, 0
     if resumed is not None:
-        model.load_state_dict(resumed["model"])
+        if main:  # the other ranks get these weights from DistributedDataParallel (agree_on_resume)
+            model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
-        scaler.load_state_dict(resumed["scaler"])
+        scaler_note = restore_scaler(scaler, resumed["scaler"])
+        if main and scaler_note:
+            print(scaler_note, file=sys.stderr)
         epoch, batch_in_epoch, step = (
             resumed["sampler"]["epoch"],
             resumed["sampler"]["batch"],
@@ -187,7 +183,8 @@ def train(
                         save((epoch, batch_in_epoch, step))
                         result.end_step = step
                         stop.chain()
-                        raise TrainingInterrupted(signum, step, checkpoint_path)
+                        command = resume_command(command_line or sys.argv)
+                        raise TrainingInterrupted(signum, step, checkpoint_path, command)
                 epoch, batch_in_epoch = epoch + 1, 0
                 if monitor is not None and monitor.due(epoch, config.epochs):
                     record = {"epoch": epoch - 1, "step": step, **monitor.measure(model.backbone, env.device)}
@@ -245,5 +242,5 @@ def wrap_ddp(model: nn.Module, env: distributed.DistEnv) -> nn.Module:
         return model
     if env.device.startswith("cuda"):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        return DistributedDataParallel(model, device_ids=[env.local_rank])
+        return DistributedDataParallel(model, device_ids=[torch.device(env.device).index])
     return DistributedDataParallel(model)

@@ -25,6 +25,7 @@ from vicregl_cli.data.file_list_cache import cache_path, load_or_list, save_if_s
 from vicregl_cli.data.multicrop import MultiCropConfig, MultiCropTransform, Uint8Views, collate
 from vicregl_cli.errors import UserError
 from vicregl_cli.files import check_writable_folder
+from vicregl_cli.interrupts import ignore_stop_signals
 from vicregl_cli.pretrain.config import PretrainConfig, to_dict
 from vicregl_cli.pretrain.model import LossWeights, VICRegL
 from vicregl_cli.pretrain.optim import peak_lr
@@ -187,6 +188,7 @@ def make_loader(plan: Plan, sampler: EpochBatchSampler) -> DataLoader:
         pin_memory=plan.env.device.startswith("cuda"),
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(plan.config.seed),
+        worker_init_fn=ignore_stop_signals,  # the job's SIGTERM / SIGINT reach the workers too: main decides
     )
 
 

@@ -17,6 +17,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from vicregl_cli.data.readers import VOC_CLASSES, parse_voc_xml, read_split, voc_class_names
 from vicregl_cli.errors import UserError
+from vicregl_cli.interrupts import ignore_stop_signals
 from vicregl_cli.transfer.tv_detection.settings import DetectionSettings
 
 VOC_DATASETS = ("voc", "voc0712")
@@ -188,5 +189,6 @@ def train_loader(samples: list[Sample], settings: DetectionSettings, start: int 
         num_workers=settings.workers,
         collate_fn=collate,
         persistent_workers=settings.workers > 0,
+        worker_init_fn=ignore_stop_signals,  # a signal to the job's process group: the main process decides
     )
     return iter(loader)

@@ -16,7 +16,7 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from vicregl_cli.backbones.weights import WeightsRef
 from vicregl_cli.distributed import resolve_device
 from vicregl_cli.errors import UserError
-from vicregl_cli.interrupts import StopRequest, TrainingInterrupted
+from vicregl_cli.interrupts import StopRequest, TrainingInterrupted, resume_command
 from vicregl_cli.progress import track
 from vicregl_cli.rng_state import set_rng_state
 from vicregl_cli.tensorboard import ScalarLog
@@ -81,8 +81,9 @@ def train(
 ) -> None:
     """`iters` SGD steps on the sum of the losses, resumed from `checkpoint` when it exists (weights,
     momenta, RNG states and the batch stream's position: the same weights as an uninterrupted run). It is
-    written every `checkpoint_every` iterations and at the end; a stop signal (SIGTERM / SIGUSR1 / SIGUSR2)
-    finishes the step, writes it, hands the signal on (submitit requeues) and raises TrainingInterrupted."""
+    written every `checkpoint_every` iterations and at the end; a stop signal (SIGTERM / SIGUSR1 / SIGUSR2 /
+    Ctrl-C) finishes the step, writes it, hands the signal on (submitit requeues) and raises
+    TrainingInterrupted; a second Ctrl-C stops at once."""
     optimizer = make_optimizer(model, settings)
     start = 0
     state = load_state(checkpoint, settings) if checkpoint.is_file() else None
@@ -112,7 +113,7 @@ def train(
                 if stop.signum:
                     signum = stop.signum
                     stop.chain()
-                    raise TrainingInterrupted(signum, done, checkpoint)
+                    raise TrainingInterrupted(signum, done, checkpoint, resume_command(sys.argv))
     finally:
         curves.close()
         stop.uninstall()

@@ -277,6 +277,15 @@ def gather_with_grad(x: Tensor) -> Tensor:
     return _GatherWithGrad.apply(x)
 
 
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank the buffers (BatchNorm running statistics) of rank `src`, as DistributedDataParallel
+    does before each forward: an evaluation between steps then sees the checkpoint's model on every rank."""
+    if world_size() == 1:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src)
+
+
 def shard_range(num_items: int, shard_rank: int | None = None, num_shards: int | None = None) -> range:
     """This rank's contiguous block of `range(num_items)`; blocks, in rank order, differ in length by ≤ 1."""
     shard_rank = rank() if shard_rank is None else shard_rank

@@ -187,6 +187,7 @@ def train(
                         raise TrainingInterrupted(signum, step, checkpoint_path, command)
                 epoch, batch_in_epoch = epoch + 1, 0
                 if monitor is not None and monitor.due(epoch, config.epochs):
+                    distributed.broadcast_buffers(model.backbone)  # rank 0's BatchNorm statistics
                     record = {"epoch": epoch - 1, "step": step, **monitor.measure(model.backbone, env.device)}
                     stats_log.write(record)
                     result.stats.append(record)

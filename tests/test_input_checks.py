@@ -58,7 +58,7 @@ def tree(root: Path) -> list[str]:
 def test_knn_out_that_is_a_file_or_lies_under_one(monkeypatch, capsys, synthetic_root, tmp_path, dry_run):
     file = tmp_path / "taken.txt"
     file.write_text("keep")
-    knn = ["knn", *RANDOM, *FITTING, "--data", str(synthetic_root), *dry_run]
+    knn = ["knn", *RANDOM, "--data", str(synthetic_root), *dry_run]  # the 40 px note must not come first
     line = refused(monkeypatch, capsys, *knn, "--out", str(file))
     assert line == f"error: --out {file} is a file, not a folder: choose another --out"
     line = refused(monkeypatch, capsys, *knn, "--out", str(file / "run"))

@@ -287,7 +287,8 @@ def run_protocol(
 ) -> list[dict]:
     """Every evaluation's path: `protocol.plan(config, weights)` checks everything and returns the points,
     then run_sweep runs `protocol.run_point` on them, ranking by `protocol.METRIC` (SLURM jobs requeued
-    when the protocol `RESUMES`)."""
+    when the protocol `RESUMES`). A bad `out_dir` is refused first, before the plan's notes."""
+    check_writable_folder(out_dir)
     points = protocol.plan(config, weights)
     return run_sweep(
         points, protocol.run_point, out_dir=out_dir, title=points[0].protocol, metric=protocol.METRIC,

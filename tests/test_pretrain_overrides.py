@@ -9,6 +9,7 @@ import typing
 import pytest
 from typer.testing import CliRunner
 
+from vicregl_cli import pretrain_hooks
 from vicregl_cli.cli import app
 from vicregl_cli.commands import pretrain as command
 from vicregl_cli.errors import UserError
@@ -20,7 +21,7 @@ VALID = {  # fields whose checks need a particular non-default value; every othe
     "alpha": 0.5, "optimizer": "adamw", "precision": "fp16", "mlp": "64-32", "maps_mlp": "16-8",
     "num_matches": [3, 2], "crop_sizes": [64, 32], "crop_counts": [2, 4], "crop_min_scales": [0.3, 0.05],
     "crop_max_scales": [0.9, 0.3], "blur_probs": [0.5, 0.25], "solarize_probs": [0.1, 0.3],
-    "epochs": 7, "warmup_epochs": 3,
+    "epochs": 7, "warmup_epochs": 3, "colour_on": "workers",
 }  # fmt: skip
 
 
@@ -53,8 +54,9 @@ def flag_arguments(name: str, value) -> list[str]:
 
 @pytest.fixture()
 def captured(monkeypatch):
-    """Run `vicregl pretrain --dry-run` up to the resolved config (no data, no model)."""
+    """Run `vicregl pretrain --dry-run` up to the resolved config (no data, no model, no monitor datasets)."""
     seen = []
+    monkeypatch.setattr(pretrain_hooks, "monitor_hooks", lambda settings: pretrain_hooks.Hooks())
     monkeypatch.setattr(plan, "dry_run", lambda settings, device=None: seen.append(settings) or {})
     monkeypatch.setattr(plan, "print_summary", lambda summary, settings: None)
     return seen

@@ -129,7 +129,8 @@ def with_loader(plan: Plan, workers: int, warmup: int, steps: int) -> dict:
 
 def bench_preset(name: str, args: argparse.Namespace, data: Path, out: Path) -> dict:
     preset, batch = PRESETS[name]
-    overrides = dict(data=str(data), out=str(out / name), batch_size=args.batch or batch, probe=True)
+    overrides = dict(data=str(data), out=str(out / name), batch_size=args.batch or batch, probe=True,
+                     colour_on=args.colour_on)  # fmt: skip
     if args.tiny:
         overrides.update(TINY_MODEL, **TINY[name])
     config = load_config(preset, overrides)
@@ -140,6 +141,7 @@ def bench_preset(name: str, args: argparse.Namespace, data: Path, out: Path) -> 
     result = {
         "preset": preset,
         "batch_per_gpu": config.batch_size,
+        "colour_on": config.colour_on,
         "crops": [f"{n} x {size}" for n, size in zip(config.crop_counts, config.crop_sizes, strict=True)],
         "on_device": on_device(plan, warmup, args.steps),
         "loader": [with_loader(plan, workers, warmup + 2 * workers, args.steps) for workers in args.workers],
@@ -164,7 +166,8 @@ def print_table(report: dict) -> None:
             syncs = "-" if row["syncs_per_step"] is None else f"{row['syncs_per_step']:.1f}"
             print(f"{name:16s}{label:24s}{row['samples_per_s']:14.1f}{row['step_ms']:10.1f}{syncs:>11s}"
                   f"{row['peak_memory_gb']:9.2f}")  # fmt: skip
-        print(f"{name:16s}VICRegL / VICReg: time {result['vicregl_over_vicreg_time']:.2f}x (paper 1.18x), "
+        print(f"{name:16s}colour on {result['colour_on']}; VICRegL / VICReg: time "
+              f"{result['vicregl_over_vicreg_time']:.2f}x (paper 1.18x), "
               f"memory {result['vicregl_over_vicreg_memory']:.2f}x")  # fmt: skip
 
 
@@ -179,6 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=None, help="per-GPU batch (default: the reference's)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 30; --tiny: 2)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5; --tiny: 1)")
+    parser.add_argument("--colour-on", choices=("device", "workers"), default=None,
+                        help="where the colour augmentation runs (default: the config's, device)")
     parser.add_argument("--out", type=Path, default=Path("gpu_pretrain.json"), help="the JSON written")
     args = parser.parse_args(argv)
     args.workers = [int(count) for count in (args.workers or ("1" if args.tiny else "4,8,12")).split(",")]

@@ -44,5 +44,6 @@ def test_tiny_run_reports_every_preset_and_feeding(tiny_run):
         time_ratio = result["on_device"]["step_ms"] / result["vicreg_on_device"]["step_ms"]
         assert result["vicregl_over_vicreg_time"] == pytest.approx(time_ratio) and time_ratio > 0
         assert result["vicregl_over_vicreg_memory"] > 0
-        assert f"{name:16s}VICRegL / VICReg: time" in printed
+        assert result["colour_on"] == "device"  # the default path
+        assert f"{name:16s}colour on device; VICRegL / VICReg: time" in printed
     assert "samples/s/GPU" in printed and "(--tiny: not GPU figures)" in printed

@@ -151,11 +151,11 @@ def test_sigterm_to_the_process_group_saves_and_the_rerun_resumes_bit_identical(
 
     run = tmp_path / "stopped"
     assignments = pairs(synthetic, run)
-    code, output = launch_and_signal(cli(*assignments), signal.SIGTERM, at_step=5, to_group=True)
+    code, output = launch_and_signal(cli(*assignments), signal.SIGTERM, at_step=3, to_group=True)
     assert code == 128 + signal.SIGTERM, output
     saved = torch.load(run / "checkpoint.pth", weights_only=True)
     step = saved["step"]
-    assert 5 <= step < TOTAL, output
+    assert 3 <= step < TOTAL, output
     assert saved["sampler"]["epoch"] * STEPS_PER_EPOCH + saved["sampler"]["batch"] == step
     command = " ".join(["vicregl", "pretrain", "--config", "demo", "--device", "cpu", *assignments])
     assert stop_message("SIGTERM", step, run, command) in output
@@ -362,11 +362,11 @@ def test_sigterm_to_torchrun_mid_epoch_then_a_rerun_where_rank_0_alone_sees_the_
     assignments = pairs(synthetic, run)
     torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     command = [*torchrun, *cli(*assignments)]
-    code, output = launch_and_signal(command, signal.SIGTERM, at_step=5, to_group=False)
+    code, output = launch_and_signal(command, signal.SIGTERM, at_step=3, to_group=False)
     assert code != 0 and "DataLoader worker" not in output and "RuntimeError" not in output, output
     assert output.count("Traceback") == 1 and "SignalException" in output  # torchrun's own, none of a rank
     step = torch.load(run / "checkpoint.pth", weights_only=True)["step"]
-    assert 5 <= step < TOTAL, output
+    assert 3 <= step < TOTAL, output
     assert output.count(stop_message("SIGTERM", step, run, "the same torchrun command")) == 2  # each rank
 
     resumed = run_two_ranks(assignments, tmp_path, blind=True)  # the same environment as torchrun's ranks

@@ -12,15 +12,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from vicregl_cli.data import photometric
 from vicregl_cli.data.colour_device import apply_colours, colour_crops
 from vicregl_cli.data.decode import read_rgb_uint8
+from vicregl_cli.data.file_list import list_image_folder
 from vicregl_cli.data.multicrop import MultiCropConfig, MultiCropTransform, Uint8Views, collate
 from vicregl_cli.data.readers import load_rgb
 from vicregl_cli.errors import UserError
 from vicregl_cli.pretrain.config import load_config
-from vicregl_cli.pretrain.plan import to_device
+from vicregl_cli.pretrain.plan import to_device, training_dataset
+from vicregl_cli.pretrain.sampler import SeededSamples
 
 TOLERANCE = 1e-5  # per pixel of the normalised views (measured: 1.4e-6)
 # Every op taken often: blur and solarisation with p 0.5+ on both crop parities.
@@ -119,6 +122,29 @@ def test_shipped_pixels_are_a_quarter_of_the_float_views():
     float_bytes = sum(view.nbytes for view in on_workers)
     assert sum(crop.nbytes for crop in shipped.crops) * 4 == float_bytes
     assert shipped.colour.shape == (2, config.num_views, photometric.NUM_PARAMS)
+
+
+def test_loader_workers_ship_the_batches_the_main_process_makes(tmp_path):
+    """Through two worker processes (shared memory, seeding without restoring the worker's RNG) the uint8
+    batches equal the ones collated in the main process, whose RNG state is left as it was."""
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for index in range(3):
+            pixels = random_image(60, 80, index + 3 * (label == "b")).permute(1, 2, 0).numpy()
+            Image.fromarray(pixels).save(tmp_path / label / f"{index}.jpg", quality=90)
+    dataset = SeededSamples(training_dataset(list_image_folder(tmp_path), CONFIGS["dense blur"], "device"))
+    batches = [[(index, 1000 + index) for index in range(first, first + 3)] for first in (0, 3)]
+    state = torch.get_rng_state()
+    in_process = [collate([dataset[item] for item in batch]) for batch in batches]
+    assert torch.equal(torch.get_rng_state(), state)
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=2, collate_fn=collate)
+    for (views, positions, labels), (expected_views, expected_positions, expected_labels) in zip(
+        loader, in_process, strict=True
+    ):
+        assert all(torch.equal(a, b) for a, b in zip(views.crops, expected_views.crops, strict=True))
+        assert torch.equal(views.colour, expected_views.colour)
+        assert all(torch.equal(a, b) for a, b in zip(positions, expected_positions, strict=True))
+        assert torch.equal(labels, expected_labels)
 
 
 def jpeg_bytes(pixels: np.ndarray, **options) -> bytes:

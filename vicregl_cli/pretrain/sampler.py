@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:
@@ -61,11 +61,18 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
             ]
 
 
+def _seed_globals(seed: int) -> None:
+    torch.random.default_generator.manual_seed(seed)  # CPU only: CUDA streams stay untouched
+    np.random.seed(seed)
+    random.seed(seed)
+
+
 class SeededSamples(Dataset):
     """Wraps a dataset so that item (index, seed) runs its transform with every global RNG seeded by `seed`.
 
     The caller's RNG states are restored afterwards, so loading in the main process (num_workers = 0) leaves
-    the training RNG stream untouched.
+    the training RNG stream untouched; a loader worker's streams serve nothing else, so it skips that (0.1 ms
+    per sample: numpy's state is 2.5 kB).
     """
 
     def __init__(self, dataset: Dataset) -> None:
@@ -76,10 +83,11 @@ class SeededSamples(Dataset):
 
     def __getitem__(self, item: tuple[int, int]):
         index, seed = item
+        if get_worker_info() is not None:
+            _seed_globals(seed)
+            return self.dataset[index]
         saved = (torch.get_rng_state(), np.random.get_state(), random.getstate())
-        torch.random.default_generator.manual_seed(seed)  # CPU only: CUDA streams stay untouched
-        np.random.seed(seed)
-        random.seed(seed)
+        _seed_globals(seed)
         try:
             return self.dataset[index]
         finally:

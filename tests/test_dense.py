@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from vicregl_cli.backbones import build_backbone
 from vicregl_cli.cli import app
-from vicregl_cli.dense.features import fuse_batchnorm, patch_features
+from vicregl_cli.dense.features import build_options, fuse_batchnorm, patch_features, stage_stride
 from vicregl_cli.dense.kmeans import cluster, clustering_iou
 from vicregl_cli.dense.memory import Memory, balanced_patches, patch_histograms
 from vicregl_cli.dense.metrics import class_iou, confusion, hungarian_mapping, iou_matrix, miou_metrics
@@ -168,6 +168,17 @@ def test_batchnorm_folding_keeps_the_features(name):
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
 
 
+@pytest.mark.parametrize(("name", "stage", "dilate", "stride"), [
+    ("resnet10_small_w16", 4, False, 8), ("resnet10_small_w16", 2, False, 2), ("resnet50", 4, False, 32),
+    ("resnet50", 4, True, 8), ("resnet50", 2, True, 8), ("convnext_tiny", 3, False, 16),
+])  # fmt: skip
+def test_stage_stride_is_the_feature_map_stride(name, stage, dilate, stride):
+    assert stage_stride(name, stage, dilate) == stride
+    model = build_backbone(name, **build_options(name, dilate)).eval()
+    features = patch_features(model, torch.zeros(1, 3, 64, 64), stage)
+    assert features.shape[:2] == (1, (64 // stride) ** 2)
+
+
 @pytest.fixture(scope="module")
 def voc(tmp_path_factory) -> Path:
     from vicregl_cli.data.synthetic import generate
@@ -213,3 +224,22 @@ def test_end_to_end_writes_results(voc, tmp_path):
     metrics = json.loads((tmp_path / "km" / "kmeans" / "result.json").read_text())["metrics"]
     assert set(metrics) == {"mIoU", "mIoU@20", "mIoU@432"}  # 500 capped at 12 images × 36 patches
     assert all(0 <= value <= 100 for value in metrics.values())
+
+
+def test_memory_views_are_seeded_per_image(voc):
+    from vicregl_cli.data.readers import read_mask
+    from vicregl_cli.dense.data import PairedImages
+    from vicregl_cli.transfer.segment_plan import dataset_files
+
+    pairs = dataset_files("voc", voc)[2][:3]
+    first, again, other = (PairedImages(pairs, 40, seed) for seed in (1, 1, 2))
+    plain = PairedImages(pairs, 40)
+    for index in range(3):
+        image, mask = first[index]
+        assert image.shape == (3, 40, 40) and mask.shape == (40, 40)
+        assert torch.equal(image, again[index][0]) and torch.equal(mask, again[index][1])
+        assert not torch.equal(image, other[index][0])
+        assert set(mask.unique().tolist()) <= set(np.unique(read_mask(pairs[index][1])).tolist())
+    ade = PairedImages(pairs, 40, reduce_zero_label=True)
+    shifted, original = ade[0][1], plain[0][1]
+    assert torch.equal(shifted, torch.where((original == 0) | (original == 255), 255, original - 1))

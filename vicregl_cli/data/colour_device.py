@@ -63,7 +63,7 @@ def _jitter_slot_(images: Tensor, params: Tensor, slot: int) -> Tensor:
 def colour_crops(crops: Tensor, params: Tensor) -> Tensor:
     """(N, 3, S, S) uint8 crops and their (N, NUM_PARAMS) colour parameters, on one device -> the normalised
     float32 views: jitter, grayscale, blur, solarisation, normalisation."""
-    images = crops.float()
+    images = crops.to(torch.float32, memory_format=torch.contiguous_format)
     for slot in range(4):
         _jitter_slot_(images, params, slot)
     gray = params[:, GRAYSCALE_ON] > 0.5

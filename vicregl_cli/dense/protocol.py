@@ -4,8 +4,10 @@ readers) and the feature grid without computing anything; `run_point` (dense/run
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
+from vicregl_cli import sweep
 from vicregl_cli.backbones.weights import WeightsRef
 from vicregl_cli.dense.config import PROTOCOLS, DenseConfig
 from vicregl_cli.dense.features import build_options, stage_stride
@@ -14,7 +16,7 @@ from vicregl_cli.dense.run import DenseTask, run_point
 from vicregl_cli.errors import UserError
 from vicregl_cli.evaluate.features import bn_batches_used, bn_recalibration_params
 from vicregl_cli.options import RunOptions
-from vicregl_cli.sweep import SweepPoint, point_name, run_sweep
+from vicregl_cli.sweep import SweepPoint, point_name
 
 METRIC = "mIoU"
 
@@ -121,7 +123,6 @@ def plan(config: DenseConfig, weights: WeightsRef) -> list[SweepPoint]:
 def run_protocol(
     config: DenseConfig, weights: WeightsRef, out: Path, options: RunOptions | None = None
 ) -> list[dict]:
-    """Plan, then run every point through the sweep runner (OUT/<point>/result.json, OUT/summary.json)."""
-    points = plan(config, weights)
-    return run_sweep(points, run_point, out_dir=Path(out), title=f"dense {config.protocol}", metric=METRIC,
-                     options=options)  # fmt: skip
+    """`vicregl dense` from Python: the sweep's run_protocol on this module (OUT/<point>/result.json,
+    OUT/summary.json)."""
+    return sweep.run_protocol(sys.modules[__name__], config, weights, Path(out), options)

@@ -131,7 +131,7 @@ def test_the_figure_has_a_row_per_image_and_a_column_per_backbone_and_draws_the_
     ("options", "message"),
     [
         (["--out", "maps.jpg"], "PNG"),
-        (["--stage", "5"], "--stage 5"),
+        (["--stage", "5"], "--stage must be one of"),
         (["--image-size", "8"], "fewer than 2 x 2 patches"),
         (["--stage", "2", "--image-size", "3"], "stride 2"),
     ],

@@ -8,6 +8,7 @@ backbone (docs/pca.md)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,13 +19,13 @@ from sklearn.decomposition import PCA
 from torch import Tensor
 from torchvision import transforms
 
-from vicregl_cli.backbones import WeightsRef, get_spec
+from vicregl_cli.backbones import WeightsRef
 from vicregl_cli.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from vicregl_cli.dense.features import dense_model, patch_features, stage_stride
 from vicregl_cli.errors import UserError
 from vicregl_cli.evaluate.features import INTERPOLATION
 from vicregl_cli.files import write_atomic
 
-NUM_STAGES = 4
 CELL = 128  # side of one panel of the figure, pixels
 HEADER = 20  # height of the column titles, pixels
 TITLE_COLOUR = (0, 0, 0)
@@ -36,13 +37,8 @@ class PcaSettings:
 
     images: tuple[Path, ...]
     out: Path
-    stage: int = NUM_STAGES  # 1..4; 4 = the last stage (the backbone's output map)
+    stage: int = 4  # 1..4; 4 = the last stage (the backbone's output map)
     image_size: int = 224
-
-
-def stage_stride(weights: WeightsRef, stage: int) -> int:
-    """The stride of stage `stage` (1..4): the output stride halved for each stage before the last."""
-    return get_spec(weights.backbone).output_stride // 2 ** (NUM_STAGES - stage)
 
 
 def check_settings(settings: PcaSettings, weights: list[WeightsRef]) -> None:
@@ -53,10 +49,8 @@ def check_settings(settings: PcaSettings, weights: list[WeightsRef]) -> None:
         raise UserError("give at least one --weights")
     if settings.out.suffix.lower() != ".png":
         raise UserError(f"--out {settings.out}: the figure is a PNG; name it *.png")
-    if not 1 <= settings.stage <= NUM_STAGES:
-        raise UserError(f"--stage {settings.stage}: choose a stage 1..{NUM_STAGES} (4, the last, by default)")
     for ref in weights:
-        stride = stage_stride(ref, settings.stage)
+        stride = stage_stride(ref.backbone, settings.stage, dilate=False)
         if settings.image_size < 2 * stride:
             raise UserError(
                 f"--image-size {settings.image_size} gives fewer than 2 x 2 patches at stage {settings.stage}"
@@ -81,15 +75,12 @@ def input_batch(crops: list[Image.Image]) -> Tensor:
     return torch.stack([normalise(crop) for crop in crops])
 
 
-@torch.no_grad()
 def dense_features(weights: WeightsRef, batch: Tensor, stage: int) -> Tensor:
-    """The map of stage `stage` (1..4) of the backbone in eval mode, a vector per patch: (N, h, w, C);
-    ConvNeXt's last stage after its final LayerNorm (the map its pooled representation averages)."""
-    model = weights.build().eval()
-    features = model.forward_stages(batch)[stage - 1].permute(0, 2, 3, 1)
-    if stage == NUM_STAGES and model.spec.family == "convnext":
-        features = model.norm(features)
-    return features.float()
+    """The patch features `vicregl dense` reads (stage 1..4 of the backbone in eval mode, ConvNeXt's last
+    after its final LayerNorm) of a batch of square images, as maps: (N, h, w, C)."""
+    patches = patch_features(dense_model(weights, dilate=False, device=torch.device("cpu")), batch, stage)
+    side = math.isqrt(patches.shape[1])
+    return patches.reshape(len(batch), side, side, -1).float()
 
 
 def foreground_mask(features: np.ndarray) -> np.ndarray:

@@ -3,17 +3,19 @@
 Per recipe (ResNet: 2 × 224; ConvNeXt: 2 × 224 + 6 × 96), a DataLoader with one worker process reads a
 folder of 500 × 375 JPEGs (seeded samples, batches of 16, as `vicregl pretrain` does) with each pipeline:
 
-  main: CPU pipeline   PIL decode, crops, colour and normalisation on the worker (float32 views): main before
-                       the GPU-fed split;
+  CPU pipeline         the full CPU pipeline as main ran it before the GPU-fed split: PIL decode, crops,
+                       colour and normalisation on the worker (float32 views), with today's crop and collate
+                       code (faster than main's was: a conservative baseline);
   colour_on=workers    today's code with the colour kept on the worker (JPEGs decoded by simplejpeg);
   colour_on=device     the worker decodes, crops and draws the colour parameters; ships uint8 crops.
 
-Measured: the worker's CPU seconds per sample (its process time, stamped by the worker after each batch;
+Measured: the worker's CPU seconds per sample (its process time — core-seconds, so a loaded machine's waiting
+is not counted — stamped by the worker after each batch;
 from the end of the first batch to the end of the last) — decode, augment, collate and the copy into
 shared memory — as samples/s per core, and the bytes per sample of the batches that cross /dev/shm.
 Rounds alternate between the pipelines so a busy machine slows them alike; the best round of each and the
-median over rounds of the per-round ratio to main are printed. Then one image's decode time with each
-decoder at hand (same thread, best of rounds) and whether its pixels equal PIL's. The colour work itself
+median over rounds of the per-round ratio to the CPU pipeline are printed. Then one image's decode time with
+each decoder at hand (same thread, best of rounds) and whether its pixels equal PIL's. The colour work itself
 (colour_device.py) runs on the training device and is not counted here.
 
     python benchmarks/bench_data.py [--rounds 5] [--batches 6]
@@ -44,7 +46,7 @@ from vicregl_cli.pretrain.sampler import SeededSamples, sample_seed
 
 BATCH = 16
 IMAGES = 16
-MAIN = "main: CPU pipeline"
+MAIN = "CPU pipeline"
 
 
 def write_test_jpeg(path: Path, width: int = 500, height: int = 375, seed: int = 0) -> Path:
@@ -114,16 +116,17 @@ def compare_pipelines(root: Path, name: str, rounds: int, batches: int) -> None:
     for label in list(pipelines)[1:]:
         ratios = [base / ours for ours, base in zip(per_round[label], per_round[MAIN], strict=True)]
         print(
-            f"  {label}: {min(per_round[MAIN]) / min(per_round[label]):.2f}x samples/s per core of main "
+            f"  {label}: {min(per_round[MAIN]) / min(per_round[label]):.2f}x samples/s per core of the CPU "
+            "pipeline "
             f"(per round: median {statistics.median(ratios):.2f}x, min {min(ratios):.2f}x, "
-            f"max {max(ratios):.2f}x); shm bytes {shm[label] / shm[MAIN]:.4f} of main's"
+            f"max {max(ratios):.2f}x); shm bytes {shm[label] / shm[MAIN]:.4f} of its"
         )
 
 
 def decoders(path: Path) -> dict[str, Callable[[], Tensor | np.ndarray]]:
     """Each decoder at hand, to a (3, H, W) or (H, W, 3) uint8 array of the file's pixels."""
     found: dict[str, Callable[[], Tensor | np.ndarray]] = {
-        "PIL (load_rgb + array: main)": lambda: np.array(load_rgb(path)),
+        "PIL (load_rgb + array)": lambda: np.array(load_rgb(path)),
         "simplejpeg (data/decode.py)": lambda: read_rgb_uint8(path),
     }
     from torchvision.io import decode_jpeg, read_file

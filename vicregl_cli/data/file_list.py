@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -105,13 +106,14 @@ def list_image_folder(root: str | Path) -> FileList:
 
 
 class FileListDataset(Dataset):
-    """Items (transform(RGB image), label) of a FileList; the ImageFolder dataset of pretraining."""
+    """Items (transform(RGB image), label) of a FileList; the ImageFolder dataset of pretraining. The loader
+    gives a PIL image (readers.load_rgb, the default) or a uint8 (3, H, W) tensor (decode.read_rgb_uint8)."""
 
     def __init__(
         self,
         files: FileList,
-        transform: Callable[[Image.Image], Any] | None = None,
-        loader: Callable[[str], Image.Image] | None = None,
+        transform: Callable[[Image.Image | Tensor], Any] | None = None,
+        loader: Callable[[str], Image.Image | Tensor] | None = None,
     ) -> None:
         self.files = files
         self.classes = files.classes

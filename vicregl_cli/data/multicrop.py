@@ -19,14 +19,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import default_collate
 
-from vicregl_cli.data.photometric import augment_colours_, draw_colour_params
+from vicregl_cli.data.photometric import NUM_DRAWS, augment_colours_, colour_params
+from vicregl_cli.data.shared_batch import stack_shared
 from vicregl_cli.errors import UserError
 
 ASPECT_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 FLIP_P = 0.5
 _CROP_TRIES = 10  # as torchvision's RandomResizedCrop, then the centre crop fallback
+_CROP_DRAWS = 2 * _CROP_TRIES + 3  # uniforms per crop: the tries' (area, aspect), top, left, flip
 # Alternating within a size group (the reference's two transforms): crops 0, 2, 4... blurred with p 1.0, never
 # solarised; crops 1, 3, 5... blurred with p 0.1, solarised with p 0.2. (even, odd) pairs below.
 BLUR_P = (1.0, 0.1)
@@ -212,16 +213,25 @@ class MultiCropTransform:
         self.groups = [(config.large_size, config.large_count, config.large_scale)]
         if config.small_count:
             self.groups.append((config.small_size, config.small_count, config.small_scale))
+        # Within each size group crops alternate between the (even, odd) blur and solarisation chances.
+        alternating = [index % 2 for _, count, _ in self.groups for index in range(count)]
+        self.blur_p = np.array(config.blur_p, dtype=np.float64)[alternating]
+        self.solarize_p = np.array(config.solarize_p, dtype=np.float64)[alternating]
+        self.crop_draws = config.num_views * _CROP_DRAWS
 
     def crop_groups(self, image: Image.Image | Tensor) -> list[CropGroup]:
         """The geometric half: per size group, the boxes, flips, resized uint8 crops and positions."""
-        pixels = to_uint8_image(image)
+        return self._crop_groups(to_uint8_image(image), torch.rand(self.crop_draws))
+
+    def _crop_groups(self, pixels: Tensor, draws: Tensor) -> list[CropGroup]:
+        """crop_groups from the crops' uniforms, _CROP_DRAWS per crop, group after group."""
         height, width = pixels.shape[-2:]
-        groups = []
+        rows = draws.view(-1, _CROP_DRAWS).tolist()
+        groups, first = [], 0
         for size, count, scale in self.groups:
-            draws = torch.rand(count, 2 * _CROP_TRIES + 3).tolist()
-            boxes = [sample_crop_box(height, width, scale, crop_draws[:-1]) for crop_draws in draws]
-            flipped = [crop_draws[-1] < FLIP_P for crop_draws in draws]
+            group_rows, first = rows[first : first + count], first + count
+            boxes = [sample_crop_box(height, width, scale, crop_draws[:-1]) for crop_draws in group_rows]
+            flipped = [crop_draws[-1] < FLIP_P for crop_draws in group_rows]
             crops = torch.empty(count, 3, size, size, dtype=torch.uint8, memory_format=torch.channels_last)
             for crop, (top, left, crop_h, crop_w), flip in zip(crops, boxes, flipped, strict=True):
                 region = pixels[None, :, top : top + crop_h, left : left + crop_w]
@@ -235,23 +245,24 @@ class MultiCropTransform:
         return groups
 
     def __call__(self, image: Image.Image | Tensor) -> MultiCropSample:
-        """The sample's crops and positions, then each group's colour parameters (drawn in that order from
-        torch's global generator): coloured and normalised here, or shipped with the uint8 crops."""
-        groups = self.crop_groups(image)
-        params = []
-        for group in groups:
-            count = group.pixels.shape[0]
-            blur_p = [self.config.blur_p[index % 2] for index in range(count)]
-            solarize_p = [self.config.solarize_p[index % 2] for index in range(count)]
-            params.append(draw_colour_params(blur_p, solarize_p))
+        """The sample's crops and positions, then its crops' colour parameters (drawn in that order from
+        torch's global generator, in one call): coloured and normalised here, or shipped with the uint8
+        crops."""
+        pixels = to_uint8_image(image)
+        draws = torch.rand(self.crop_draws + self.config.num_views * NUM_DRAWS)
+        groups = self._crop_groups(pixels, draws[: self.crop_draws])
+        colour = draws[self.crop_draws :].view(-1, NUM_DRAWS).numpy()
+        params = colour_params(colour, self.blur_p, self.solarize_p)
         positions = [position for group in groups for position in group.positions.unbind(0)]
         if self.colour_on_device:
             crops = [crop for group in groups for crop in group.pixels.unbind(0)]
-            return MultiCropSample(crops, positions, torch.cat(params))
-        views = []
-        for group, group_params in zip(groups, params, strict=True):
+            return MultiCropSample(crops, positions, params)
+        views, first = [], 0
+        for group in groups:
+            count = group.pixels.shape[0]
             images = group.pixels.to(torch.float32, memory_format=torch.contiguous_format)
-            views.extend(augment_colours_(images, group_params).unbind(0))
+            views.extend(augment_colours_(images, params[first : first + count]).unbind(0))
+            first += count
         return MultiCropSample(views, positions)
 
 
@@ -259,24 +270,27 @@ def collate(
     batch: list[tuple[MultiCropSample, int]],
 ) -> tuple[list[Tensor] | Uint8Views, list[Tensor], Tensor]:
     """Batch (sample, label) pairs: (views, each (B, 3, S, S) — as Uint8Views when the samples carry colour
-    parameters; positions, each (B, L, 2); labels (B,)). torch's default_collate stacks: in a loader worker
-    straight into shared memory, saving a copy of the batch."""
+    parameters; positions, each (B, L, 2); labels (B,)). In a loader worker all of it is stacked into one
+    shared-memory block (shared_batch.py). Channels-last views (the uint8 crops) stay channels-last: a plain
+    copy (a transposing one costs 0.1 ms per 224 crop)."""
     samples, labels = zip(*batch, strict=True)
-    views: list[Tensor] | Uint8Views = [
-        _stack(list(view)) for view in zip(*(sample.views for sample in samples), strict=True)
+    views = [list(view) for view in zip(*(sample.views for sample in samples), strict=True)]
+    channels_last = [view[0].stride(0) == 1 for view in views]
+    parts = [
+        [image.permute(1, 2, 0) for image in view] if last else view
+        for view, last in zip(views, channels_last, strict=True)
     ]
-    if samples[0].colour is not None:
-        views = Uint8Views(views, default_collate([sample.colour for sample in samples]))
-    positions = [
-        default_collate(list(position))
-        for position in zip(*(sample.positions for sample in samples), strict=True)
+    parts += [list(position) for position in zip(*(sample.positions for sample in samples), strict=True)]
+    colour = samples[0].colour is not None
+    if colour:
+        parts.append([sample.colour for sample in samples])
+    parts.append([torch.as_tensor(labels, dtype=torch.long)])
+    stacked = stack_shared(parts)
+    count = len(views)
+    batch_views: list[Tensor] | Uint8Views = [
+        view.permute(0, 3, 1, 2) if last else view
+        for view, last in zip(stacked[:count], channels_last, strict=True)
     ]
-    return views, positions, torch.as_tensor(labels, dtype=torch.long)
-
-
-def _stack(images: list[Tensor]) -> Tensor:
-    """default_collate's stack of (3, S, S) images; channels-last ones (the uint8 crops) stay channels-last,
-    a plain copy (a transposing one costs 0.1 ms per 224 crop)."""
-    if images[0].stride(0) != 1:
-        return default_collate(images)
-    return default_collate([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
+    if colour:
+        batch_views = Uint8Views(batch_views, stacked[-2])
+    return batch_views, stacked[count : 2 * count], stacked[-1][0]

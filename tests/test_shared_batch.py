@@ -14,10 +14,11 @@ torch.set_num_threads(1)
 
 
 def _parts(seed: int) -> list[list[torch.Tensor]]:
-    """Crops large enough to be written one by one (channels-last uint8, as collate passes them), small float
+    """Crops large enough to be written one by one (uint8 (S, S, 3), one of them not contiguous), small float
     positions and int64 labels, whose sizes are not multiples of the block's alignment."""
     generator = torch.Generator().manual_seed(seed)
-    crops = [torch.randint(0, 256, (96, 96, 3), dtype=torch.uint8, generator=generator) for _ in range(3)]
+    crops = [torch.randint(0, 256, (96, 96, 3), dtype=torch.uint8, generator=generator) for _ in range(2)]
+    crops.append(torch.randint(0, 256, (3, 96, 96), dtype=torch.uint8, generator=generator).permute(1, 2, 0))
     positions = [torch.rand(9, 2, generator=generator) for _ in range(3)]
     return [crops, positions, [torch.arange(3, dtype=torch.long) + seed]]
 

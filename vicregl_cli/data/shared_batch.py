@@ -33,7 +33,7 @@ def _stacked_layout(parts: list[list[Tensor]]) -> tuple[list[tuple[int, torch.Si
 
 
 def stack_shared(parts: list[list[Tensor]]) -> list[Tensor]:
-    """torch.stack of each list of same-shape, contiguous tensors; in a loader worker the results share one
+    """torch.stack of each list of same-shape CPU tensors; in a loader worker the results share one
     shared-memory block (default_collate's results sit in shared memory too), elsewhere plain stacks."""
     if get_worker_info() is None:
         return [torch.stack(tensors) for tensors in parts]
@@ -59,7 +59,7 @@ def stack_shared(parts: list[list[Tensor]]) -> list[Tensor]:
 
 
 def _write(fd: int, tensor: Tensor, offset: int) -> None:
-    """The bytes of a contiguous tensor into file `fd` at `offset`."""
-    data, written = memoryview(tensor.numpy()).cast("B"), 0
+    """The bytes of `tensor`, in its contiguous layout (the stacked result's), into file `fd` at `offset`."""
+    data, written = memoryview(tensor.contiguous().numpy()).cast("B"), 0
     while written < len(data):
         written += os.pwrite(fd, data[written:], offset + written)

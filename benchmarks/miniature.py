@@ -1,7 +1,8 @@
 """The miniature reproduction (DESIGN §7, docs/miniature.md): random init vs VICReg (alpha 1) vs VICRegL
 (alpha 0.9 and 0.75) pretrained on the synthetic data with the demo's budget, the same data and seeds, then
-k-NN, linear probe and frozen linear segmentation. Evidence, not pass/fail: it prints the table and writes it
-between the markers of docs/miniature.md.
+k-NN, linear probe, frozen linear segmentation and the dense protocols (in-context retrieval, k-means) with
+the demo's settings. Evidence, not pass/fail: it prints the table and writes it between the markers of
+docs/miniature.md.
 
     .venv/bin/python benchmarks/miniature.py --out /tmp/miniature --seeds 0 1     # ~40 min on 2 cores
 
@@ -17,6 +18,7 @@ import io
 import json
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -24,6 +26,8 @@ import yaml
 from vicregl_cli.backbones import WeightsRef, resolve_weights, save_backbone
 from vicregl_cli.data.readers import image_folder
 from vicregl_cli.data.synthetic import generate
+from vicregl_cli.dense import protocol as dense
+from vicregl_cli.dense.config import DenseConfig
 from vicregl_cli.evaluate import knn, linear
 from vicregl_cli.evaluate.features import eval_transform, recalibrate_batchnorm
 from vicregl_cli.pretrain.config import load_config
@@ -77,24 +81,40 @@ def segment_miou(weights: WeightsRef, data: Path, out: Path, seed: int) -> float
     return max(record["metrics"]["mIoU"] for record in records)
 
 
-MEASURES = {"knn top1@20": knn_top1, "linear top1": linear_top1, "segment mIoU": segment_miou}
+def dense_miou(protocol: str, weights: WeightsRef, data: Path, out: Path, seed: int) -> float:
+    """The demo's `vicregl dense` (96 px input, deterministic memory of 10^4 patches, k-means at K = the class
+    count) on the VOC layout: mIoU, Hungarian-matched."""
+    config = DenseConfig(
+        dataset="voc", data_root=data / "VOC2012", protocol=protocol, memory_sizes=(10_000,), augment=False,
+        input_size=96, clusters=(), batch_size=100, num_workers=0, seed=seed, device="cpu",
+    )  # fmt: skip
+    return run_protocol(dense, config, weights, out / f"dense-{protocol}")[0]["metrics"]["mIoU"]
 
 
-def evaluate(weights_file: Path, data: Path, folder: Path, seed: int) -> dict[str, float]:
-    """Every measure of MEASURES on one backbone file; each figure is kept in FOLDER/metrics.json as soon as
-    it is measured, and a rerun measures only what that file lacks."""
+MEASURES = {
+    "knn top1@20": knn_top1, "linear top1": linear_top1, "segment mIoU": segment_miou,
+    "dense-retrieval mIoU": partial(dense_miou, "retrieval"),
+    "dense-kmeans mIoU": partial(dense_miou, "kmeans"),
+}  # fmt: skip
+
+
+def evaluate(
+    weights_file: Path, data: Path, folder: Path, seed: int, measures: list[str]
+) -> dict[str, float]:
+    """The `measures` (names of MEASURES) of one backbone file; each figure is kept in FOLDER/metrics.json as
+    soon as it is measured, and a rerun measures only what that file lacks."""
     saved = folder / "metrics.json"
     metrics = json.loads(saved.read_text()) if saved.is_file() else {}
     weights = resolve_weights(weights_file)
-    for name, measure in MEASURES.items():
+    for name in measures:
         if name not in metrics:
             with contextlib.redirect_stdout(io.StringIO()):
-                metrics[name] = measure(weights, data, folder / "eval", seed)
+                metrics[name] = MEASURES[name](weights, data, folder / "eval", seed)
             saved.write_text(json.dumps(metrics, indent=2))
-    return {name: metrics[name] for name in MEASURES}
+    return {name: metrics[name] for name in measures}
 
 
-def run_seed(out: Path, seed: int) -> dict[str, dict[str, float]]:
+def run_seed(out: Path, seed: int, measures: list[str]) -> dict[str, dict[str, float]]:
     """Every method on the data of one seed (the data, the pretraining and the random init share it)."""
     data = out / f"seed{seed}" / "synth"
     if not (data / "classification").is_dir():
@@ -110,14 +130,14 @@ def run_seed(out: Path, seed: int) -> dict[str, dict[str, float]]:
             overrides = dict(data=str(data / "classification" / "train"), out=str(folder / "pretrain"),
                              alpha=alpha, seed=seed)  # fmt: skip
             train(load_config(PRESET, overrides), device="cpu", command_line=["benchmarks/miniature.py"])
-        results[method] = evaluate(weights_file, data, folder, seed)
+        results[method] = evaluate(weights_file, data, folder, seed, measures)
         minutes = round((time.perf_counter() - started) / 60, 1)
         print(json.dumps({"seed": seed, "method": method, **results[method], "minutes": minutes}), flush=True)
     return results
 
 
 def table(per_seed: dict[int, dict[str, dict[str, float]]]) -> str:
-    """Markdown: mean ± half-range over the seeds, per method and metric."""
+    """Markdown: mean ± half-range over the seeds, per method and metric; then each seed's figures."""
     metrics = list(next(iter(next(iter(per_seed.values())).values())))
     lines = ["| method | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
     for method in METHODS:
@@ -129,7 +149,12 @@ def table(per_seed: dict[int, dict[str, dict[str, float]]]) -> str:
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     seeds = ", ".join(str(seed) for seed in per_seed)
     note = f"Seeds {seeds} (mean ± half the range); chance: 8.3 % top-1 (12 classes)."
-    return "\n".join(lines) + f"\n\n{note}\n"
+    each = ["| method | seed | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+    for method in METHODS:
+        for seed, results in per_seed.items():
+            figures = " | ".join(f"{results[method][metric]:.2f}" for metric in metrics)
+            each.append(f"| {method} | {seed} | {figures} |")
+    return "\n".join(lines) + f"\n\n{note}\n\n" + "\n".join(each) + "\n"
 
 
 def write_doc(markdown: str) -> None:
@@ -143,13 +168,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("miniature_out"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument(
+        "--measures", nargs="+", choices=list(MEASURES), default=list(MEASURES),
+        help="what to measure (default: all; docs/miniature.md is written only then)",
+    )  # fmt: skip
     parser.add_argument("--no-doc", action="store_true", help="print the table only")
     args = parser.parse_args()
-    per_seed = {seed: run_seed(args.out, seed) for seed in args.seeds}
+    per_seed = {seed: run_seed(args.out, seed, args.measures) for seed in args.seeds}
     markdown = table(per_seed)
     print(markdown)
     (args.out / "miniature.json").write_text(json.dumps(per_seed, indent=2))
-    if not args.no_doc:
+    if not args.no_doc and args.measures == list(MEASURES):
         write_doc(markdown)
 
 

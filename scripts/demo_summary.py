@@ -15,7 +15,8 @@ from rich.table import Table
 from vicregl_cli.files import write_json_atomic
 from vicregl_cli.report import read_results
 
-ROWS = (("knn", "top1@20"), ("linear", "top1"), ("segment", "mIoU"))
+ROWS = (("knn", "top1@20"), ("linear", "top1"), ("segment", "mIoU"), ("dense-retrieval", "mIoU"),
+        ("dense-kmeans", "mIoU"))
 
 
 def best(folder: Path, metric: str) -> float:
